@@ -1,0 +1,42 @@
+# One-command set-up, demo and tests. See README.md.
+PYTHON ?= python3
+VENV ?= .venv
+# Override for other machines, e.g. a CPU-only wheel index or another CUDA build:
+#   make setup TORCH_SPEC="torch==2.5.1 torchvision==0.20.1 --index-url https://download.pytorch.org/whl/cpu"
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+
+.PHONY: setup test demo lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip "setuptools>=70" wheel
+
+# The stamps record the step's inputs, so a second `make setup` does nothing when nothing changed.
+$(VENV)/.torch: | $(VENV)/bin/python
+	$(PIP) install --quiet $(TORCH_SPEC)
+	echo "$(TORCH_SPEC)" > $@
+
+$(VENV)/.detectron2: tools/install_detectron2.py $(VENV)/.torch
+	$(PY) tools/install_detectron2.py
+	touch $@
+
+$(VENV)/.installed: setup.py $(VENV)/.detectron2
+	$(PIP) install --quiet -e ".[dev]"
+	touch $@
+
+test: setup
+	$(PY) -m pytest
+
+demo: setup
+	$(PY) tools/demo.py --output output/demo
+
+lint: setup
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) output build *.egg-info .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

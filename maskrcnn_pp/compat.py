@@ -1,0 +1,22 @@
+"""Everything that differs between Detectron2 builds, in one place.
+
+The package runs on the patched PyPI v0.6 (no ``detectron2._C``) and on an official
+upstream build (with ``_C``). It uses no ``_C`` op; only the COCO evaluator's optional
+C++ speed-up depends on the build.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import detectron2
+
+DETECTRON2_VERSION = detectron2.__version__
+HAS_C_EXTENSION = importlib.util.find_spec("detectron2._C") is not None
+
+
+def coco_evaluator(dataset_name: str, output_dir=None, **kwargs):
+    """A ``COCOEvaluator`` that asks for the fast C++ implementation only where it exists."""
+    from detectron2.evaluation import COCOEvaluator
+
+    kwargs.setdefault("use_fast_impl", HAS_C_EXTENSION)
+    return COCOEvaluator(dataset_name, output_dir=output_dir, **kwargs)

@@ -1,0 +1,94 @@
+"""``add_maskrcnn_pp_config(cfg)``: the config keys this project adds to Detectron2's."""
+from __future__ import annotations
+
+from detectron2.config import CfgNode as CN
+
+
+def add_maskrcnn_pp_config(cfg: CN) -> CN:
+    """Add every maskrcnn_pp key, with its default, to a Detectron2 config (in place).
+
+    Calling it twice is harmless, so configs and tools may each call it.
+    """
+    _add_backbone_config(cfg)
+    _add_mask_head_config(cfg)
+    _add_semantic_config(cfg)
+    _add_runtime_config(cfg)
+    return cfg
+
+
+def _add_backbone_config(cfg: CN) -> None:
+    """cfg.MODEL.UNETPP: the nested-skip neck that replaces FPN (``build_resnet_unetpp_backbone``)."""
+    if "UNETPP" in cfg.MODEL:
+        return
+    cfg.MODEL.UNETPP = CN()
+    # ResNet outputs, finest first; each becomes one level of the nested pathways.
+    cfg.MODEL.UNETPP.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    # Channels of p2..p6, as FPN's OUT_CHANNELS, so RPN and ROI heads are unchanged.
+    cfg.MODEL.UNETPP.OUT_CHANNELS = 256
+    # Width of the lateral projections and of every nested node X^{i,j}.
+    cfg.MODEL.UNETPP.WIDTH = 128
+    cfg.MODEL.UNETPP.NORM = "GN"
+    # Node block H: a 1x1 fusion of the concatenated inputs, then NODE_CONVS 3x3 convs.
+    cfg.MODEL.UNETPP.FUSE_1X1 = True
+    cfg.MODEL.UNETPP.NODE_CONVS = 1
+    cfg.MODEL.UNETPP.UPSAMPLE = "nearest"
+
+
+def _add_mask_head_config(cfg: CN) -> None:
+    """Keys of ``UNetPPMaskHead`` under cfg.MODEL.ROI_MASK_HEAD."""
+    head = cfg.MODEL.ROI_MASK_HEAD
+    if "UNETPP_WIDTHS" in head:
+        return
+    # Node widths per level of the head's UNet++ (level 0 at the pooler resolution).
+    # K = len(UNETPP_WIDTHS) - 1 deep-supervised outputs X^{0,1}..X^{0,K}, K >= 2.
+    head.UNETPP_WIDTHS = [64, 128, 256]
+    head.UNETPP_NODE_CONVS = 2
+    # Weight of loss_mask_1..loss_mask_K; empty means 1/K each, so the mask term has the
+    # same scale as Mask R-CNN's single loss_mask.
+    head.DEEP_SUPERVISION_WEIGHTS = []
+    # 0: accurate (mean of the K outputs' probabilities); j in 1..K: fast, the pruned
+    # sub-network of output j alone.
+    head.INFERENCE_LEVEL = 0
+
+
+def _add_semantic_config(cfg: CN) -> None:
+    """Keys of the semantic UNet++ / U-Net meta-architecture (cfg.MODEL.SEMANTIC)."""
+    if "SEMANTIC" in cfg.MODEL:
+        return
+    sem = cfg.MODEL.SEMANTIC = CN()
+    # "unetpp" (dense nested skips) or "unet" (plain skips; wide U-Net: WIDTHS 35..560).
+    sem.ARCH = "unetpp"
+    # Node channels per level, finest first: the paper's 32 * 2^i.
+    sem.WIDTHS = [32, 64, 128, 256, 512]
+    # 2 for images, 3 for volumes (the 64^3 lung-nodule crops).
+    sem.DIMS = 2
+    # Must equal len(MODEL.PIXEL_MEAN) and len(MODEL.PIXEL_STD).
+    sem.IN_CHANNELS = 1
+    # 1: sigmoid foreground map with BCE + Dice (Eq. 2); K >= 2: softmax, CE + Dice.
+    sem.NUM_CLASSES = 1
+    # UNet++ only: a head and a loss on every X^{0,j} (loss_seg_1..L).
+    sem.DEEP_SUPERVISION = True
+    sem.NORM = "BN"
+    # "transpose" (the reference code's 2x2 transposed conv), "nearest" or "bilinear".
+    sem.UPSAMPLE = "transpose"
+    sem.NUM_CONVS = 2
+    # 0: accurate mode (mean of the outputs); j in 1..L: fast mode, the pruned UNet++ L_j.
+    sem.INFERENCE_LEVEL = 0
+    # Eq. 2: BCE_WEIGHT * BCE + (1 - Dice), Dice smoothed by DICE_SMOOTH.
+    sem.BCE_WEIGHT = 0.5
+    sem.DICE_SMOOTH = 1.0
+    # Side of the square (2D) or cubic (3D) network input; 0 keeps the stored size.
+    cfg.INPUT.SEMANTIC_SIZE = 0
+    # Random flips along every spatial axis while training.
+    cfg.INPUT.SEMANTIC_FLIP = True
+    # "SGD" (Detectron2's build_optimizer) or "ADAM" (the paper's); see engine/optim.py.
+    if "OPTIMIZER" not in cfg.SOLVER:
+        cfg.SOLVER.OPTIMIZER = "SGD"
+
+
+def _add_runtime_config(cfg: CN) -> None:
+    """Training-loop options that Detectron2 lacks."""
+    # Weights needing full unpickling (legacy .pkl) can run code: refused unless True
+    # (tools/train_net.py --allow-unsafe-pickle).
+    if "ALLOW_UNSAFE_PICKLE" not in cfg.MODEL:
+        cfg.MODEL.ALLOW_UNSAFE_PICKLE = False

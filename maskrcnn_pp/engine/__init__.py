@@ -1,0 +1,1 @@
+"""Training: the Detectron2 trainer, launch, safe checkpoints, optimizers."""

@@ -1,0 +1,40 @@
+"""What ``tools/train_net.py`` runs: train, resume or evaluate from parsed arguments."""
+from __future__ import annotations
+
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+from ..utils.errors import UserError, exit_on_user_error
+from .launch import launch
+from .trainer import Trainer, setup
+
+
+def run(args):
+    """One process's work: ``--eval-only`` evaluation, or training (resumed with --resume)."""
+    if getattr(args, "allow_unsafe_pickle", False):
+        args.opts = [*args.opts, "MODEL.ALLOW_UNSAFE_PICKLE", "True"]
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        Trainer.build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS,
+                                                             resume=args.resume)
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        return results
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    try:
+        return trainer.train()
+    except FloatingPointError as err:
+        raise UserError(f"training stopped: {err}. The last checkpoint in {cfg.OUTPUT_DIR} "
+                        "is intact; lower SOLVER.BASE_LR or check the data, then --resume") from None
+
+
+@exit_on_user_error
+def launch_from_args(args) -> int:
+    """Start ``run`` on ``args.num_gpus`` processes per machine (one process: in place)."""
+    launch(run, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
+    return 0
+

@@ -1,0 +1,137 @@
+"""The Detectron2 trainer for every maskrcnn_pp model, and config set-up for the CLIs."""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+import weakref
+from typing import List, Optional
+
+import torch
+import yaml
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, default_setup
+from detectron2.engine.train_loop import TrainerBase
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from .. import compat
+from ..config import add_maskrcnn_pp_config
+from ..utils.errors import UserError
+from .checkpoint import SafeCheckpointer
+from .launch import create_ddp_model
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Trainer", "load_config", "setup"]
+
+
+class Trainer(DefaultTrainer):
+    """``DefaultTrainer`` with this project's evaluators and checkpointing rules.
+
+    Differences from Detectron2's: evaluators are chosen from each data set's metadata
+    (COCO, plus the nuclei metrics for nuclei sets); AMP runs only where CUDA exists.
+    """
+
+    def __init__(self, cfg: CfgNode):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, broadcast_buffers=False)
+        use_amp = cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE.startswith("cuda")
+        self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = self.build_checkpointer(cfg, model, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_checkpointer(cls, cfg: CfgNode, model: torch.nn.Module,
+                           **checkpointables) -> SafeCheckpointer:
+        """Atomic, weights-only checkpoints; pickles only with MODEL.ALLOW_UNSAFE_PICKLE."""
+        return SafeCheckpointer(model, cfg.OUTPUT_DIR,
+                                allow_unsafe_pickle=cfg.MODEL.ALLOW_UNSAFE_PICKLE,
+                                **checkpointables)
+
+    def state_dict(self) -> dict:
+        """Detectron2 v0.6 saves no optimizer state; resuming must restore it."""
+        state = super().state_dict()
+        state["_trainer"] = self._trainer.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str,
+                        output_folder: Optional[str] = None) -> DatasetEvaluator:
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        meta = MetadataCatalog.get(dataset_name)
+        evaluator_type = meta.get("evaluator_type", "coco")
+        if evaluator_type != "coco":
+            raise UserError(f"data set {dataset_name!r} has evaluator_type {evaluator_type!r}, "
+                            "which this trainer cannot evaluate")
+        evaluators: List[DatasetEvaluator] = [
+            compat.coco_evaluator(dataset_name, output_dir=output_folder)]
+        return DatasetEvaluators(evaluators)
+
+
+def load_config(config_file: str, opts: Optional[List[str]] = None) -> CfgNode:
+    """Detectron2 defaults + maskrcnn_pp keys + the YAML file + ``KEY VALUE`` overrides.
+
+    YAML is parsed with ``yaml.safe_load`` only (Detectron2's default would fall back to
+    ``unsafe_load``, which can run code). Every mistake raises :class:`UserError`.
+    """
+    cfg = add_maskrcnn_pp_config(get_cfg())
+    if not config_file:
+        raise UserError("--config-file is required")
+    if not os.path.isfile(config_file):
+        raise UserError(f"config file {config_file} does not exist")
+    try:
+        cfg.merge_from_file(config_file, allow_unsafe=False)
+        cfg.merge_from_list(list(opts or []))
+    except yaml.YAMLError as err:
+        raise UserError(f"{config_file}: not a safe YAML config "
+                        f"({str(err).splitlines()[0]})") from None
+    except KeyError as err:
+        raise UserError(f"{config_file}: {err.args[0]}") from None
+    except (ValueError, AssertionError, TypeError) as err:
+        raise UserError(f"{config_file}: {err}") from None
+    for key in ("TRAIN", "TEST"):
+        for name in cfg.DATASETS[key]:
+            if name not in DatasetCatalog.list():
+                raise UserError(f"{config_file}: unknown data set {name!r} in DATASETS.{key}; "
+                                "register it with DatasetCatalog or use one of the README's")
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        warnings.warn("MODEL.DEVICE is 'cuda' but no CUDA device is available: using the CPU",
+                      stacklevel=2)
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def _check_weights(cfg: CfgNode, resume: bool) -> None:
+    weights = cfg.MODEL.WEIGHTS
+    if not weights or "://" in weights or resume and os.path.isfile(
+            os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        return
+    if not os.path.isfile(weights):
+        raise UserError(f"MODEL.WEIGHTS file {weights} does not exist")
+
+
+def setup(args) -> CfgNode:
+    """Config from parsed CLI args, frozen, with Detectron2's logging and output folder."""
+    cfg = load_config(args.config_file, args.opts)
+    _check_weights(cfg, getattr(args, "resume", False))
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg

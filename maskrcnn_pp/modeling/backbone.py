@@ -1,0 +1,119 @@
+"""Mask R-CNN++ backbone: ResNet bottom-up + UNet++ nested dense skips in place of FPN.
+
+FPN merges a level with the one above it by a single sum. Here each level's lateral
+projection becomes ``x^{i,0}`` of the nested pathways (Eq. 1), and level ``i`` of the
+pyramid is read from the last node on its skip pathway, ``X^{i, L-i}``: the finest level
+sees every coarser level through a dense chain of nodes. Output names, strides and
+channels are FPN's (``p2``..``p6``), so RPN and ROI-head configs are unchanged.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List
+
+import torch
+from detectron2.layers import Conv2d, ShapeSpec, get_norm
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+from detectron2.modeling.backbone.resnet import build_resnet_backbone
+from torch import nn
+
+from .nested import NestedSkipPathways
+
+__all__ = ["UNetPPNeck", "build_resnet_unetpp_backbone", "nested_norm"]
+
+
+def nested_norm(norm: str):
+    """A Detectron2 norm name as the nested core takes it. "GN" stays a name: the core's
+    GroupNorm uses gcd(32, C) groups, so narrow nodes (< 32 channels) work too."""
+    return norm if norm in ("", "GN") else (lambda channels: get_norm(norm, channels))
+
+
+class UNetPPNeck(Backbone):
+    """A feature pyramid whose top-down pathway is UNet++'s nested dense skip pathways.
+
+    Args:
+        bottom_up: a Detectron2 backbone (e.g. ResNet) producing ``in_features``.
+        in_features: bottom-up feature names, finest first; each is one level.
+        out_channels: channels of every output (FPN's OUT_CHANNELS).
+        width: channels of the lateral projections and of every nested node.
+        norm: Detectron2 norm name ("GN", "BN", "SyncBN", "" ...).
+        node_convs, fuse_1x1, upsample: the node block, see ``NestedSkipPathways``.
+        top_block: like FPN's, e.g. ``LastLevelMaxPool`` for ``p6``.
+    """
+
+    def __init__(self, bottom_up: Backbone, in_features: List[str], out_channels: int, *,
+                 width: int = 128, norm: str = "GN", node_convs: int = 1,
+                 fuse_1x1: bool = True, upsample: str = "nearest", top_block=None):
+        super().__init__()
+        shapes = bottom_up.output_shape()
+        missing = [f for f in in_features if f not in shapes]
+        if missing:
+            raise ValueError(f"MODEL.UNETPP.IN_FEATURES {missing} are not produced by the "
+                             f"bottom-up network (it has {sorted(shapes)})")
+        strides = [shapes[f].stride for f in in_features]
+        if any(b != 2 * a for a, b in zip(strides, strides[1:])):
+            raise ValueError(f"MODEL.UNETPP.IN_FEATURES must be consecutive stride-2 levels, "
+                             f"got strides {strides}")
+        self.bottom_up = bottom_up
+        self.in_features = list(in_features)
+        self.top_block = top_block
+        use_bias = norm == ""
+        self.laterals = nn.ModuleList(
+            Conv2d(shapes[f].channels, width, 1, bias=use_bias, norm=get_norm(norm, width))
+            for f in in_features)
+        self.nested = NestedSkipPathways(
+            [width] * len(in_features), num_convs=node_convs, fuse_1x1=fuse_1x1,
+            upsample=upsample, norm=nested_norm(norm))
+        self.output_convs = nn.ModuleList(
+            Conv2d(width, out_channels, 3, padding=1, bias=use_bias,
+                   norm=get_norm(norm, out_channels))
+            for _ in in_features)
+        for conv in [*self.laterals, *self.output_convs]:
+            nn.init.kaiming_uniform_(conv.weight, a=1)
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+
+        stage = int(math.log2(strides[-1]))
+        self._out_feature_strides = {f"p{int(math.log2(s))}": s for s in strides}
+        if top_block is not None:
+            for s in range(stage, stage + top_block.num_levels):
+                self._out_feature_strides[f"p{s + 1}"] = 2 ** (s + 1)
+        self._out_features = list(self._out_feature_strides)
+        self._out_feature_channels = {k: out_channels for k in self._out_features}
+        self._size_divisibility = strides[-1]
+
+    @property
+    def size_divisibility(self) -> int:
+        return self._size_divisibility
+
+    def pyramid_nodes(self) -> List[tuple]:
+        """The node read out at each level: X^{i, L-i}, the end of level i's skip pathway."""
+        depth = len(self.in_features) - 1
+        return [(i, depth - i) for i in range(depth + 1)]
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        bottom_up = self.bottom_up(x)
+        encoder = [lateral(bottom_up[f]) for lateral, f in zip(self.laterals, self.in_features)]
+        nodes = self.pyramid_nodes()
+        values = self.nested(encoder, outputs=nodes)
+        results = [conv(values[node]) for conv, node in zip(self.output_convs, nodes)]
+        if self.top_block is not None:
+            results.extend(self.top_block(results[-1]))
+        return dict(zip(self._out_features, results))
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        return {name: ShapeSpec(channels=self._out_feature_channels[name],
+                                stride=self._out_feature_strides[name])
+                for name in self._out_features}
+
+
+@BACKBONE_REGISTRY.register()
+def build_resnet_unetpp_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
+    """ResNet (any depth) + the UNet++ neck; configured by cfg.MODEL.RESNETS / UNETPP."""
+    bottom_up = build_resnet_backbone(cfg, input_shape)
+    opts = cfg.MODEL.UNETPP
+    return UNetPPNeck(
+        bottom_up, opts.IN_FEATURES, opts.OUT_CHANNELS, width=opts.WIDTH, norm=opts.NORM,
+        node_convs=opts.NODE_CONVS, fuse_1x1=opts.FUSE_1X1, upsample=opts.UPSAMPLE,
+        top_block=LastLevelMaxPool())

@@ -1,0 +1,29 @@
+"""maskrcnn_pp: UNet++ nested skips and deep supervision for Detectron2.
+
+Detectron2 is not on PyPI, so it is not an ``install_requires`` entry: ``make setup``
+installs it first (``tools/install_detectron2.py``).
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="maskrcnn_pp",
+    version="0.1.0",
+    description="Mask R-CNN++ and semantic UNet++ for medical image segmentation on Detectron2",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=("maskrcnn_pp", "maskrcnn_pp.*")),
+    install_requires=[
+        "torch>=2.0",
+        "torchvision>=0.15",
+        "pycocotools>=2.0.6",
+        "fvcore>=0.1.5",
+        # headless: no Qt/X11 libraries, so it installs on servers and in containers
+        "opencv-python-headless>=4.8",
+        "tqdm>=4.60",
+        "matplotlib>=3.5",
+        "nibabel>=5.0",
+    ],
+    extras_require={"dev": ["pytest>=7.0", "ruff>=0.4"]},
+)

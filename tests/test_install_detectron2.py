@@ -1,0 +1,73 @@
+"""The install-time patch of pb1-detectron2 0.6, and that the installed build carries it."""
+import importlib.util
+import inspect
+import re
+import sys
+from pathlib import Path
+
+import detectron2
+import pytest
+
+from tests.conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("install_detectron2",
+                                              ROOT / "tools" / "install_detectron2.py")
+installer = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = installer  # dataclasses look their module up there
+spec.loader.exec_module(installer)
+
+D2_ROOT = Path(detectron2.__file__).parent
+PATCHED_V06 = detectron2.__version__ == "0.6" and importlib.util.find_spec("detectron2._C") is None
+
+
+def test_edits_apply_and_refuse_a_source_they_do_not_match(tmp_path):
+    (tmp_path / "setup.py").write_text("ext_modules=get_extensions(),\n")
+    (tmp_path / "np.py").write_text("a = np.int\nb = np.bool_\nc = np.float\n")
+    edits = (installer.Edit("setup.py", "ext_modules=get_extensions(),", "ext_modules=[],"),
+             installer.Edit("np.py", installer._NUMPY_ALIAS, r"\1", count=2, regex=True))
+    installer.apply_edits(tmp_path, edits)
+    assert (tmp_path / "setup.py").read_text() == "ext_modules=[],\n"
+    assert (tmp_path / "np.py").read_text() == "a = int\nb = np.bool_\nc = float\n"
+    # the same edits on the now-patched tree no longer match: refuse, write nothing
+    before = (tmp_path / "np.py").read_text()
+    with pytest.raises(installer.PatchMismatch, match="setup.py: expected 1 match"):
+        installer.apply_edits(tmp_path, edits)
+    assert (tmp_path / "np.py").read_text() == before
+    with pytest.raises(installer.PatchMismatch, match="missing.py: file not found"):
+        installer.apply_edits(tmp_path, (installer.Edit("missing.py", "a", "b"),))
+
+
+def test_sdist_checksum_is_verified(tmp_path):
+    fake = tmp_path / installer.SDIST_NAME
+    fake.write_bytes(b"not the real archive")
+    with pytest.raises(installer.PatchMismatch, match="sha256"):
+        installer.unpack_verified(fake, tmp_path)
+
+
+@pytest.mark.skipif(not PATCHED_V06, reason="an official detectron2 build is installed")
+def test_installed_detectron2_carries_every_runtime_edit():
+    for edit in installer.EDITS:
+        if edit.path == "setup.py":
+            continue
+        text = (D2_ROOT.parent / edit.path).read_text()
+        if edit.regex:
+            assert not re.search(edit.old, text), edit.path
+        else:
+            assert (edit.new in text) if edit.new else (edit.old not in text), edit.path
+
+
+def test_detectron2_imports_under_current_pillow_numpy_setuptools():
+    import numpy as np
+    from detectron2 import model_zoo
+    from detectron2.data import transforms
+    from detectron2.evaluation import COCOEvaluator  # noqa: F401
+    from detectron2.structures.masks import polygons_to_bitmask
+    from PIL import Image
+
+    assert not hasattr(Image, "LINEAR")  # Pillow >= 10: the name v0.6 used is gone
+    default_interp = inspect.signature(transforms.ExtentTransform.__init__).parameters["interp"]
+    assert default_interp.default == Image.BILINEAR
+    config = model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml")
+    assert Path(config).is_file()
+    square = [np.array([1, 1, 5, 1, 5, 5, 1, 5], dtype=float)]
+    assert polygons_to_bitmask(square, 8, 8).dtype == bool

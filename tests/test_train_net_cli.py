@@ -1,0 +1,73 @@
+"""tools/train_net.py end to end on CPU, and its handling of user mistakes."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from maskrcnn_pp.engine.trainer import load_config
+from maskrcnn_pp.utils.errors import UserError
+from tests.conftest import ROOT
+
+QUICK_PP = str(ROOT / "configs" / "quick_schedules" / "mask_rcnn_pp_synthetic.yaml")
+
+
+def train_net(*args, timeout=600):
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "train_net.py"), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def test_unknown_config_key_is_one_line_exit_2_no_traceback():
+    proc = train_net("--config-file", QUICK_PP, "SOLVER.NOT_A_KEY", "3")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "SOLVER.NOT_A_KEY" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("opts, message", [
+    (["SOLVER.MAX_ITER", "many"], "SOLVER.MAX_ITER"),
+    (["DATASETS.TRAIN", "('no_such_set',)"], "unknown data set 'no_such_set' in DATASETS.TRAIN"),
+])
+def test_bad_overrides_name_the_key(opts, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(QUICK_PP, opts)
+
+
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(UserError, match="config file .*nope.yaml does not exist"):
+        load_config(str(tmp_path / "nope.yaml"))
+    proc = train_net("--config-file", QUICK_PP, "MODEL.WEIGHTS", str(tmp_path / "w.pth"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"MODEL.WEIGHTS file {tmp_path / 'w.pth'} does not exist" in proc.stderr
+
+
+def test_yaml_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(f"_BASE_: {QUICK_PP}\nSOLVER:\n  MAX_ITER: !!python/object/apply:os.system "
+                    f"[\"touch {marker}\"]\n")
+    with pytest.raises(UserError, match="not a safe YAML config"):
+        load_config(str(evil))
+    assert not marker.exists()
+
+
+def test_train_then_evaluate_quick_config(tmp_path):
+    out = tmp_path / "run"
+    proc = train_net("--config-file", QUICK_PP, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD",
+                     "2", "SOLVER.IMS_PER_BATCH", "2", "OUTPUT_DIR", str(out),
+                     "DATASETS.TEST", "('nuclei_synthetic_val',)")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "model_final.pth").is_file() and (out / "model_0000001.pth").is_file()
+    assert (out / "last_checkpoint").read_text().strip() == "model_final.pth"
+    assert any(p.name.startswith("events.out.tfevents") for p in out.iterdir())
+    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert [m["iteration"] for m in metrics if "loss_mask_1" in m][-1] == 3
+    results = out / "inference" / "nuclei_synthetic_val" / "coco_instances_results.json"
+    assert results.is_file()
+
+    evaluated = train_net("--config-file", QUICK_PP, "--eval-only", "MODEL.WEIGHTS",
+                          str(out / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "eval"))
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "copypaste: Task: segm" in evaluated.stdout + evaluated.stderr

@@ -17,7 +17,7 @@ def add_maskrcnn_pp_config(cfg: CN) -> CN:
 
 
 def _add_backbone_config(cfg: CN) -> None:
-    """cfg.MODEL.UNETPP: the nested-skip neck that replaces FPN (``build_resnet_unetpp_backbone``)."""
+    """cfg.MODEL.UNETPP: the nested-skip neck that replaces FPN."""
     if "UNETPP" in cfg.MODEL:
         return
     cfg.MODEL.UNETPP = CN()
@@ -92,3 +92,7 @@ def _add_runtime_config(cfg: CN) -> None:
     # (tools/train_net.py --allow-unsafe-pickle).
     if "ALLOW_UNSAFE_PICKLE" not in cfg.MODEL:
         cfg.MODEL.ALLOW_UNSAFE_PICKLE = False
+    # An image that fails to decode stops training with its file name; True skips it
+    # with a warning that keeps count.
+    if "SKIP_BAD_IMAGES" not in cfg.DATALOADER:
+        cfg.DATALOADER.SKIP_BAD_IMAGES = False

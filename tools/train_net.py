@@ -5,22 +5,9 @@
     tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
     tools/train_net.py --config-file ... --resume      # continue after a crash or a kill
 """
-from __future__ import annotations
-
 import sys
 
-from detectron2.engine import default_argument_parser
-
-from maskrcnn_pp.engine.train import launch_from_args
-
-
-def parse_args(argv=None):
-    parser = default_argument_parser()
-    parser.add_argument("--allow-unsafe-pickle", action="store_true",
-                        help="allow loading weights that need full unpickling (e.g. legacy "
-                             ".pkl files): this can run arbitrary code, use trusted files only")
-    return parser.parse_args(argv)
-
+from maskrcnn_pp.engine.train import argument_parser, launch_from_args
 
 if __name__ == "__main__":
-    sys.exit(launch_from_args(parse_args()))
+    sys.exit(launch_from_args(argument_parser().parse_args()))

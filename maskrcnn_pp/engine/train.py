@@ -1,12 +1,22 @@
 """What ``tools/train_net.py`` runs: train, resume or evaluate from parsed arguments."""
 from __future__ import annotations
 
+from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from ..utils.errors import UserError, exit_on_user_error
 from .launch import launch
-from .trainer import Trainer, setup
+from .trainer import NonFiniteLossError, Trainer, setup
+
+
+def argument_parser():
+    """Detectron2's training flags plus ``--allow-unsafe-pickle``."""
+    parser = default_argument_parser()
+    parser.add_argument("--allow-unsafe-pickle", action="store_true",
+                        help="allow loading weights that need full unpickling (e.g. legacy "
+                             ".pkl files): this can run arbitrary code, use trusted files only")
+    return parser
 
 
 def run(args):
@@ -26,9 +36,10 @@ def run(args):
     trainer.resume_or_load(resume=args.resume)
     try:
         return trainer.train()
-    except FloatingPointError as err:
-        raise UserError(f"training stopped: {err}. The last checkpoint in {cfg.OUTPUT_DIR} "
-                        "is intact; lower SOLVER.BASE_LR or check the data, then --resume") from None
+    except (FloatingPointError, NonFiniteLossError) as err:
+        raise UserError(f"training stopped, {str(err).splitlines()[0]}. The last checkpoint in "
+                        f"{cfg.OUTPUT_DIR} is intact: lower SOLVER.BASE_LR or check the data, "
+                        "then --resume") from None
 
 
 @exit_on_user_error

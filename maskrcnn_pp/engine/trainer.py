@@ -10,7 +10,12 @@ from typing import List, Optional
 import torch
 import yaml
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, default_setup
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
@@ -19,13 +24,43 @@ from detectron2.utils.logger import setup_logger
 
 from .. import compat
 from ..config import add_maskrcnn_pp_config
+from ..data.mapper import CheckedDatasetMapper
+from ..evaluation.nuclei import NucleiEvaluator
 from ..utils.errors import UserError
 from .checkpoint import SafeCheckpointer
 from .launch import create_ddp_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "load_config", "setup"]
+__all__ = ["Trainer", "NonFiniteLossError", "load_config", "setup"]
+
+
+class NonFiniteLossError(UserError):
+    """A loss became NaN or infinite; the weights were not updated with it."""
+
+
+class _FiniteLossCheck:
+    """Stops before the optimizer step when a loss is not finite, naming loss and iteration.
+
+    Detectron2 checks only the total after logging; this names the culprit, and because
+    ``_write_metrics`` runs before ``optimizer.step()`` the bad gradients are never applied.
+    """
+
+    def _write_metrics(self, loss_dict, data_time, prefix=""):
+        bad = {k: float(v) for k, v in loss_dict.items() if not torch.isfinite(v).all()}
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite loss at iteration {self.iter}: "
+                + ", ".join(f"{k}={v}" for k, v in sorted(bad.items())))
+        super()._write_metrics(loss_dict, data_time, prefix)
+
+
+class CheckedSimpleTrainer(_FiniteLossCheck, SimpleTrainer):
+    pass
+
+
+class CheckedAMPTrainer(_FiniteLossCheck, AMPTrainer):
+    pass
 
 
 class Trainer(DefaultTrainer):
@@ -45,7 +80,8 @@ class Trainer(DefaultTrainer):
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, broadcast_buffers=False)
         use_amp = cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE.startswith("cuda")
-        self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
+        self._trainer = (CheckedAMPTrainer if use_amp else CheckedSimpleTrainer)(
+            model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = self.build_checkpointer(cfg, model, trainer=weakref.proxy(self))
         self.start_iter = 0
@@ -73,6 +109,15 @@ class Trainer(DefaultTrainer):
             self._trainer.load_state_dict(state_dict["_trainer"])
 
     @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        return build_detection_train_loader(cfg, mapper=CheckedDatasetMapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        return build_detection_test_loader(cfg, dataset_name,
+                                           mapper=CheckedDatasetMapper(cfg, False))
+
+    @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str,
                         output_folder: Optional[str] = None) -> DatasetEvaluator:
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
@@ -83,6 +128,9 @@ class Trainer(DefaultTrainer):
                             "which this trainer cannot evaluate")
         evaluators: List[DatasetEvaluator] = [
             compat.coco_evaluator(dataset_name, output_dir=output_folder)]
+        if meta.get("nuclei", False):
+            evaluators.append(NucleiEvaluator(dataset_name, output_dir=output_folder,
+                                              max_dets=cfg.TEST.DETECTIONS_PER_IMAGE))
         return DatasetEvaluators(evaluators)
 
 

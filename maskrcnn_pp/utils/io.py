@@ -11,6 +11,12 @@ from typing import IO, Any, Callable, Optional, Union
 PathLike = Union[str, os.PathLike]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def fsync_folder(folder: PathLike) -> None:
     """Make a rename in ``folder`` durable (a no-op where folders cannot be opened)."""
     with contextlib.suppress(OSError):
@@ -35,6 +41,7 @@ def atomic_write_stream(path: PathLike, write: Callable[[IO[bytes]], None],
             os.fsync(f.fileno())
         if check is not None:
             check(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,382 @@
+"""DSB2018 nuclei: convert the Kaggle ``stage1_train`` layout to COCO JSON, and register it.
+
+The Kaggle release stores one PNG per nucleus (``<id>/masks/*.png``) beside each image
+(``<id>/images/<id>.png``). Detectron2 wants one COCO file with RLE masks, so
+:func:`convert_dsb2018` writes ``images/<id>.png`` (RGB, 8 bit) and
+``annotations/instances_{train,val}.json`` once; a bad file is skipped and reported by name
+instead of failing a conversion of hundreds of images. ``dsb2018_train`` / ``dsb2018_val``
+are registered at import and read only when used.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tarfile
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Union
+
+import cv2
+import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+from pycocotools import mask as mask_util
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from ..utils.errors import UserError
+from ..utils.io import atomic_write_bytes, atomic_write_json
+from .synthetic import datasets_root
+
+__all__ = [
+    "NUCLEUS_CATEGORY", "ConversionReport", "Problem", "DatasetNotPreparedError",
+    "convert_dsb2018", "find_sample_folders", "register_coco_instances_lazy",
+    "register_dsb2018", "prepare_command",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+NUCLEUS_CATEGORY = {"id": 1, "name": "nucleus"}
+SPLITS = ("train", "val")
+DSB2018_DIRNAME = "dsb2018"
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+    """A registered data set whose files have not been written yet; the message says how."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One input file that was skipped (or, for ``empty_mask``, ignored), and why."""
+
+    file: str
+    kind: str
+    reason: str
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did; written to ``OUT/report.json``."""
+
+    source: str
+    val_fraction: float
+    seed: int
+    images_found: int = 0
+    images_converted: int = 0
+    annotations: int = 0
+    split_images: dict[str, int] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    # One entry per image whose masks share pixels: {"image": id, "overlap_pixels": n}.
+    overlaps: list[dict] = field(default_factory=list)
+
+    @property
+    def images_skipped(self) -> int:
+        return self.images_found - self.images_converted
+
+    def problem_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for problem in self.problems:
+            counts[problem.kind] = counts.get(problem.kind, 0) + 1
+        return counts
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.update(images_skipped=self.images_skipped, problem_counts=self.problem_counts(),
+                    images_with_overlaps=len(self.overlaps))
+        return data
+
+
+class _SampleProblem(Exception):
+    """Raised inside the per-image conversion; becomes a :class:`Problem`."""
+
+    def __init__(self, path: Path, kind: str, reason: str):
+        super().__init__(reason)
+        self.path, self.kind, self.reason = path, kind, reason
+
+
+@dataclass
+class _Sample:
+    image_id: str
+    height: int
+    width: int
+    annotations: list[dict] = field(default_factory=list)
+    empty_masks: list[Path] = field(default_factory=list)
+    overlap_pixels: int = 0
+    coco_id: int = 0
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def convert_dsb2018(src: PathLike, out: PathLike, val_fraction: float = 0.1, seed: int = 0,
+                    strict: bool = False, progress: bool = True) -> ConversionReport:
+    """Convert a ``stage1_train``-style folder or archive (.zip, .tar.gz, .tgz, .tar) to COCO.
+
+    Writes ``out/images/<id>.png``, ``out/annotations/instances_{train,val}.json`` (a split
+    that depends only on the converted ids and ``seed``) and ``out/report.json``. Unreadable
+    images or masks, masks of the wrong size and folders without masks skip their image;
+    empty masks are dropped; overlapping masks are kept. All of these are logged and
+    reported by file name. With ``strict`` any problem other than an overlap raises
+    :class:`UserError` after ``report.json`` is written, and no annotation file is written.
+    A missing or unreadable ``src`` raises :class:`UserError`.
+    """
+    if not 0 <= val_fraction < 1:
+        raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    out = Path(out)
+    report = ConversionReport(source=str(src), val_fraction=val_fraction, seed=seed)
+    samples: list[_Sample] = []
+    with _source_root(Path(src)) as root:
+        folders = find_sample_folders(root)
+        if not folders:
+            raise UserError(f"no image folders (<id>/images/<id>.png) found in {src}")
+        report.images_found = len(folders)
+        seen = set()
+        with logging_redirect_tqdm():
+            for folder in tqdm(folders, desc="dsb2018", unit="image", disable=not progress):
+                try:
+                    if folder.name in seen:
+                        raise _SampleProblem(folder, "duplicate_id",
+                                             "another folder has the same image id")
+                    seen.add(folder.name)
+                    sample = _convert_sample(folder, out / "images")
+                except _SampleProblem as problem:
+                    _record(report, root, problem)
+                    continue
+                samples.append(sample)
+                for mask_path in sample.empty_masks:
+                    _record(report, root, _SampleProblem(mask_path, "empty_mask", "mask is empty"))
+                if sample.overlap_pixels:
+                    report.overlaps.append({"image": sample.image_id,
+                                            "overlap_pixels": sample.overlap_pixels})
+
+    _assign_coco_ids(samples)
+    val_ids = _val_ids([s.image_id for s in samples], val_fraction, seed)
+    splits = {split: [s for s in samples if (s.image_id in val_ids) == (split == "val")]
+              for split in SPLITS}
+    report.images_converted = len(samples)
+    report.annotations = sum(len(s.annotations) for s in samples)
+    report.split_images = {split: len(chosen) for split, chosen in splits.items()}
+    atomic_write_json(out / "report.json", report.to_dict(), indent=2)
+    if strict and report.problems:
+        raise UserError(f"{len(report.problems)} problem(s) in {src} (--strict); "
+                        f"annotations not written, see {out / 'report.json'}")
+    for split, chosen in splits.items():
+        atomic_write_json(out / "annotations" / f"instances_{split}.json", _coco_dict(chosen))
+    return report
+
+
+def find_sample_folders(root: PathLike) -> list[Path]:
+    """Every folder under ``root`` that holds an ``images/`` folder, sorted by image id.
+
+    Hidden folders and macOS ``__MACOSX`` resource forks are not searched.
+    """
+    found = []
+    for dirpath, dirnames, _ in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__MACOSX")))
+        if "images" in dirnames:
+            found.append(Path(dirpath))
+            dirnames.remove("images")
+    return sorted(found, key=lambda p: (p.name, str(p)))
+
+
+@contextlib.contextmanager
+def _source_root(src: Path) -> Iterator[Path]:
+    """The folder to search: ``src`` itself, or an archive extracted to a temporary folder."""
+    if src.is_dir():
+        yield src
+        return
+    if not src.is_file():
+        raise UserError(f"source {src} does not exist")
+    with tempfile.TemporaryDirectory(prefix="dsb2018_") as tmp:
+        try:
+            if zipfile.is_zipfile(src):
+                with zipfile.ZipFile(src) as archive:
+                    archive.extractall(tmp)
+            else:
+                with tarfile.open(src) as archive:
+                    archive.extractall(tmp, filter="data")
+        except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError,
+                ValueError) as err:
+            raise UserError(f"cannot read archive {src}: {err or type(err).__name__} "
+                            "(expected a folder, .zip, .tar.gz or .tar)") from err
+        yield Path(tmp)
+
+
+def _record(report: ConversionReport, root: Path, problem: _SampleProblem) -> None:
+    """Log and keep a problem; files inside an archive are named ``ARCHIVE:member/path``."""
+    source = Path(report.source)
+    name = (str(problem.path) if root == source
+            else f"{source}:{problem.path.relative_to(root).as_posix()}")
+    report.problems.append(Problem(file=name, kind=problem.kind, reason=problem.reason))
+    action = "ignored" if problem.kind == "empty_mask" else "skipped"
+    logger.warning("%s %s: %s", action, name, problem.reason)
+
+
+def _convert_sample(folder: Path, image_dir: Path) -> _Sample:
+    """Read one image and its masks, write the image, return its annotations (no ids yet)."""
+    image_id = folder.name
+    image_path = folder / "images" / f"{image_id}.png"
+    if not image_path.is_file():
+        raise _SampleProblem(folder / "images", "missing_image", f"no {image_id}.png in images/")
+    mask_paths = sorted((folder / "masks").glob("*.png"))
+    if not mask_paths:
+        raise _SampleProblem(folder, "no_masks", "no masks/*.png for this image")
+    image = _read_image_bgr8(image_path)
+    height, width = image.shape[:2]
+
+    sample = _Sample(image_id=image_id, height=height, width=width)
+    coverage = np.zeros((height, width), np.uint16)
+    for mask_path in mask_paths:
+        mask = _read_mask(mask_path, (height, width))
+        if not mask.any():
+            sample.empty_masks.append(mask_path)
+            continue
+        coverage += mask
+        sample.annotations.append(_annotation(mask))
+    sample.overlap_pixels = int(np.count_nonzero(coverage > 1))
+
+    ok, png = cv2.imencode(".png", image)
+    if not ok:
+        raise _SampleProblem(image_path, "unreadable_image", "could not be re-encoded as PNG")
+    atomic_write_bytes(image_dir / f"{image_id}.png", png.tobytes())
+    return sample
+
+
+def _decode_png(path: Path, kind: str) -> np.ndarray:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise _SampleProblem(path, kind, f"cannot be read ({err.strerror or err})") from None
+    if not data:
+        raise _SampleProblem(path, kind, "file is empty")
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None:
+        raise _SampleProblem(path, kind, "cannot be decoded as an image (corrupt or truncated)")
+    return pixels
+
+
+def _read_image_bgr8(path: Path) -> np.ndarray:
+    """Any PNG as 8-bit BGR (OpenCV order; written back as RGB).
+
+    Alpha is dropped, grayscale is repeated over three channels, and 16-bit images are
+    stretched linearly from their minimum..maximum to 0..255 (microscopy cameras rarely
+    fill the 16-bit range, so dividing by 257 would leave them nearly black).
+    """
+    pixels = _decode_png(path, "unreadable_image")
+    if pixels.dtype == np.uint16:
+        low, high = float(pixels.min()), float(pixels.max())
+        scale = 255.0 / (high - low) if high > low else 0.0
+        pixels = np.rint((pixels - low) * scale).astype(np.uint8)
+    elif pixels.dtype != np.uint8:
+        raise _SampleProblem(path, "unreadable_image", f"unsupported pixel type {pixels.dtype}")
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    if channels == 1:
+        return cv2.cvtColor(pixels.reshape(pixels.shape[:2]), cv2.COLOR_GRAY2BGR)
+    if channels == 4:
+        return cv2.cvtColor(pixels, cv2.COLOR_BGRA2BGR)
+    if channels == 3:
+        return pixels
+    raise _SampleProblem(path, "unreadable_image", f"unsupported channel count {channels}")
+
+
+def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """A mask PNG as a boolean array: a pixel is foreground where any channel is non-zero."""
+    pixels = _decode_png(path, "unreadable_mask")
+    if pixels.shape[:2] != shape:
+        raise _SampleProblem(path, "size_mismatch",
+                             f"mask is {pixels.shape[1]}x{pixels.shape[0]} (w x h) but its "
+                             f"image is {shape[1]}x{shape[0]}")
+    return pixels.any(axis=2) if pixels.ndim == 3 else pixels > 0
+
+
+def _annotation(mask: np.ndarray) -> dict:
+    rle = mask_util.encode(np.asfortranarray(mask, dtype=np.uint8))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return {"category_id": NUCLEUS_CATEGORY["id"], "iscrowd": 0, "segmentation": rle,
+            "area": int(mask_util.area(rle)), "bbox": [float(v) for v in mask_util.toBbox(rle)]}
+
+
+def _assign_coco_ids(samples: list[_Sample]) -> None:
+    """Integer ids unique across both splits, in image-id order, so the files can be merged."""
+    samples.sort(key=lambda s: s.image_id)
+    next_ann_id = 1
+    for number, sample in enumerate(samples, start=1):
+        sample.coco_id = number
+        for annotation in sample.annotations:
+            annotation["id"], annotation["image_id"] = next_ann_id, number
+            next_ann_id += 1
+
+
+def _val_ids(image_ids: Sequence[str], val_fraction: float, seed: int) -> set:
+    """A seeded random ``val_fraction`` of the ids; independent of the order they were found."""
+    ordered = sorted(image_ids)
+    count = int(round(val_fraction * len(ordered)))
+    chosen = np.random.default_rng(seed).permutation(len(ordered))[:count]
+    return {ordered[i] for i in chosen}
+
+
+def _coco_dict(samples: list[_Sample]) -> dict:
+    images, annotations = [], []
+    for sample in samples:
+        images.append({"id": sample.coco_id, "file_name": f"{sample.image_id}.png",
+                       "height": sample.height, "width": sample.width})
+        annotations.extend(sample.annotations)
+    return {"info": {"description": "DSB2018 stage 1 nuclei, converted by maskrcnn_pp"},
+            "images": images, "annotations": annotations, "categories": [NUCLEUS_CATEGORY]}
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def prepare_command(root: PathLike) -> str:
+    """The shell command that writes the DSB2018 files that ``root`` should hold."""
+    return f"python datasets/prepare_dsb2018.py PATH/TO/stage1_train.zip {root}"
+
+
+def register_coco_instances_lazy(name: str, json_file: PathLike, image_root: PathLike,
+                                 metadata: dict | None = None,
+                                 missing_hint: str = "") -> None:
+    """Register a COCO instance set whose files may not exist yet; safe to call again.
+
+    Nothing is read until ``DatasetCatalog.get(name)``; if ``json_file`` is missing then,
+    :class:`DatasetNotPreparedError` says which file and (``missing_hint``) how to make it.
+    Registering a name again replaces the earlier registration.
+    """
+    json_file, image_root = str(json_file), str(image_root)
+
+    def load() -> list[dict]:
+        if not os.path.isfile(json_file):
+            raise DatasetNotPreparedError(
+                f"data set {name!r} is not prepared: {os.path.abspath(json_file)} does not "
+                f"exist. {missing_hint}".rstrip())
+        return load_coco_json(json_file, image_root, name)
+
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    if name in MetadataCatalog.list():
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root,
+                                  evaluator_type="coco", **(metadata or {}))
+
+
+def register_dsb2018(root: PathLike | None = None) -> None:
+    """Register ``dsb2018_train`` / ``dsb2018_val`` from ``root`` (default
+    ``$DETECTRON2_DATASETS/dsb2018``)."""
+    root = Path(root) if root is not None else datasets_root() / DSB2018_DIRNAME
+    hint = f"Prepare it with: {prepare_command(root)}"
+    for split in SPLITS:
+        register_coco_instances_lazy(
+            f"dsb2018_{split}", root / "annotations" / f"instances_{split}.json",
+            root / "images", metadata={"thing_classes": [NUCLEUS_CATEGORY["name"]],
+                                       "nuclei": True},
+            missing_hint=hint)
+
+
+register_dsb2018()

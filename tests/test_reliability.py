@@ -1,0 +1,140 @@
+"""Issue 7 for real: SIGKILL then --resume, bad images, non-finite losses, two CPU ranks."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from detectron2.data import DatasetCatalog
+from torch import nn
+
+import maskrcnn_pp  # noqa: F401
+from maskrcnn_pp.data.mapper import BadImageError, CheckedDatasetMapper
+from maskrcnn_pp.engine.checkpoint import SafeCheckpointer
+from maskrcnn_pp.engine.launch import launch
+from maskrcnn_pp.engine.trainer import (
+    CheckedSimpleTrainer,
+    NonFiniteLossError,
+    Trainer,
+    load_config,
+)
+from tests.conftest import ROOT
+
+QUICK_PP = str(ROOT / "configs" / "quick_schedules" / "mask_rcnn_pp_synthetic.yaml")
+TINY = ["SOLVER.IMS_PER_BATCH", "1", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN",
+        "64", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64", "DATASETS.TEST", "()",
+        "SOLVER.WARMUP_ITERS", "0", "SOLVER.BASE_LR", "0.005"]
+
+
+def _train_cmd(out, max_iter, *extra):
+    return [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config-file", QUICK_PP,
+            *extra, *TINY, "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", "3",
+            "OUTPUT_DIR", str(out)]
+
+
+def test_sigkill_then_resume_continues_from_last_complete_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(_train_cmd(out, 400), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "model_0000005.pth").exists():  # two periodic checkpoints written
+        assert proc.poll() is None and time.time() < deadline, "training ended or hung"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    tagged = (out / "last_checkpoint").read_text().strip()
+    saved_iter = torch.load(out / tagged, weights_only=True)["iteration"]
+    assert saved_iter >= 5
+
+    resumed = subprocess.run(_train_cmd(out, saved_iter + 3, "--resume"), cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = resumed.stdout + resumed.stderr
+    assert f"Starting training from iteration {saved_iter + 1}" in log
+    final = torch.load(out / "model_final.pth", weights_only=True)
+    assert final["iteration"] == saved_iter + 2
+    assert "optimizer" in final["trainer"]["_trainer"]  # momentum survives a resume
+
+
+def _broken_image_dataset(tmp_path):
+    good = DatasetCatalog.get("nuclei_synthetic_train")[0]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    return good, {**good, "file_name": str(broken)}
+
+
+def test_undecodable_image_is_named_or_skipped_with_a_count(tmp_path, caplog):
+    cfg = load_config(QUICK_PP)
+    good, bad = _broken_image_dataset(tmp_path)
+    mapper = CheckedDatasetMapper(cfg, True)
+    assert mapper(dict(good))["image"].shape[0] == 3
+    with pytest.raises(BadImageError, match="broken.png: cannot read image"):
+        mapper(dict(bad))
+    cfg.DATALOADER.SKIP_BAD_IMAGES = True
+    skipping = CheckedDatasetMapper(cfg, True)
+    assert skipping(dict(bad)) is None and skipping(dict(bad)) is None
+    assert skipping.skipped == 2
+    assert "2 skipped so far" in caplog.text
+
+
+class _LossModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(3))
+
+    def forward(self, batch):
+        value = (self.weight * batch[0]).sum()
+        return {"loss_ok": value, "loss_bad": value * float("nan")}
+
+
+def test_non_finite_loss_names_loss_and_iteration_and_keeps_weights(tmp_path):
+    model = _LossModel()
+    loader = iter(lambda: [torch.ones(3)], None)
+    trainer = CheckedSimpleTrainer(model, loader, torch.optim.SGD(model.parameters(), lr=0.1))
+    SafeCheckpointer(model, str(tmp_path)).save("model_good")
+    trainer.iter = 0
+    from detectron2.utils.events import EventStorage
+
+    with EventStorage(0), pytest.raises(NonFiniteLossError,
+                                        match="iteration 0: loss_bad=nan"):
+        trainer.run_step()
+    assert torch.equal(model.weight.detach(), torch.ones(3))  # no step with NaN gradients
+    restored = _LossModel()
+    SafeCheckpointer(restored).load(str(tmp_path / "model_good.pth"))
+    assert torch.equal(restored.weight, model.weight)
+
+
+def _train_two_ranks(out_dir):
+    from detectron2.utils import comm
+
+    cfg = load_config(QUICK_PP, [*TINY, "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "1",
+                                 "OUTPUT_DIR", str(out_dir),
+                                 "SEED", "1"])
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+    losses = []
+    model.register_forward_hook(
+        lambda module, inputs, output: losses.append(float(sum(output.values()))))
+    trainer.train()
+    rank = comm.get_rank()
+    torch.save(model.state_dict(), os.path.join(out_dir, f"weights_rank{rank}.pt"))
+    with open(os.path.join(out_dir, f"loss_rank{rank}.json"), "w") as f:
+        json.dump(losses, f)
+
+
+def test_two_cpu_processes_train_in_lockstep(tmp_path):
+    launch(_train_two_ranks, 2, dist_url="auto", args=(str(tmp_path),))
+    w0 = torch.load(tmp_path / "weights_rank0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "weights_rank1.pt", weights_only=True)
+    assert w0.keys() == w1.keys()
+    for key in w0:
+        assert torch.equal(w0[key], w1[key]), key
+    rank_losses = [json.loads((tmp_path / f"loss_rank{r}.json").read_text())[0] for r in (0, 1)]
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    assert metrics[-1]["iteration"] == 0
+    assert metrics[-1]["total_loss"] == pytest.approx(sum(rank_losses) / 2, rel=1e-5)

@@ -71,3 +71,25 @@ def test_train_then_evaluate_quick_config(tmp_path):
                           str(out / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "eval"))
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "copypaste: Task: segm" in evaluated.stdout + evaluated.stderr
+
+
+def test_semantic_unetpp_trains_and_reports_each_pruning_level(tmp_path):
+    from test_semantic_data import liver_phantom, write_lits
+
+    from maskrcnn_pp.data.semantic import prepare_liver
+
+    hu, seg = liver_phantom()
+    for number in range(3):
+        write_lits(tmp_path / "lits", number, hu, seg)
+    prepare_liver(tmp_path / "lits", tmp_path / "datasets", size=64, val_fraction=0.34)
+    out = tmp_path / "semantic"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config-file",
+         str(ROOT / "configs" / "quick_schedules" / "semantic_2d_quick.yaml"),
+         "OUTPUT_DIR", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**os.environ, "DETECTRON2_DATASETS": str(tmp_path / "datasets")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "model_final.pth").is_file()
+    header = next(line for line in (out / "log.txt").read_text().splitlines()
+                  if "copypaste: IoU" in line).split("copypaste: ")[1].split(",")
+    assert {"IoU", "Dice", "IoU_L1", "IoU_L2", "ms_per_image_L2", "IoU_accurate"} <= set(header)

@@ -25,10 +25,14 @@ from detectron2.utils.logger import setup_logger
 from .. import compat
 from ..config import add_maskrcnn_pp_config
 from ..data.mapper import CheckedDatasetMapper
+from ..data.semantic import build_semantic_test_loader, build_semantic_train_loader
 from ..evaluation.nuclei import NucleiEvaluator
+from ..evaluation.semantic import SemanticEvaluator
+from ..modeling.semantic_arch import SemanticUNetPP
 from ..utils.errors import UserError
 from .checkpoint import SafeCheckpointer
 from .launch import create_ddp_model
+from .optim import build_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -109,13 +113,31 @@ class Trainer(DefaultTrainer):
             self._trainer.load_state_dict(state_dict["_trainer"])
 
     @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module):
+        """SOLVER.OPTIMIZER: "SGD" (Detectron2's) or "ADAM" (the UNet++ paper's)."""
+        return build_optimizer(cfg, model)
+
+    @classmethod
     def build_train_loader(cls, cfg: CfgNode):
+        if _is_semantic(cfg):
+            return build_semantic_train_loader(cfg)
         return build_detection_train_loader(cfg, mapper=CheckedDatasetMapper(cfg, True))
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        if _is_semantic(cfg):
+            return build_semantic_test_loader(cfg, dataset_name)
         return build_detection_test_loader(cfg, dataset_name,
                                            mapper=CheckedDatasetMapper(cfg, False))
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
+        """As Detectron2's, but semantic evaluators get the model, so they can also time and
+        score every pruned level L1..L4."""
+        if evaluators is None and _is_semantic(cfg):
+            evaluators = [SemanticEvaluator(name, model, output_dir=os.path.join(
+                cfg.OUTPUT_DIR, "inference", name)) for name in cfg.DATASETS.TEST]
+        return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str,
@@ -123,6 +145,8 @@ class Trainer(DefaultTrainer):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         meta = MetadataCatalog.get(dataset_name)
         evaluator_type = meta.get("evaluator_type", "coco")
+        if evaluator_type == "semantic":
+            return SemanticEvaluator(dataset_name, output_dir=output_folder)
         if evaluator_type != "coco":
             raise UserError(f"data set {dataset_name!r} has evaluator_type {evaluator_type!r}, "
                             "which this trainer cannot evaluate")
@@ -132,6 +156,10 @@ class Trainer(DefaultTrainer):
             evaluators.append(NucleiEvaluator(dataset_name, output_dir=output_folder,
                                               max_dets=cfg.TEST.DETECTIONS_PER_IMAGE))
         return DatasetEvaluators(evaluators)
+
+
+def _is_semantic(cfg: CfgNode) -> bool:
+    return cfg.MODEL.META_ARCHITECTURE == SemanticUNetPP.__name__
 
 
 def load_config(config_file: str, opts: Optional[List[str]] = None) -> CfgNode:

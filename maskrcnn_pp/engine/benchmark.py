@@ -1,0 +1,272 @@
+"""Side-by-side speed, size and memory of the models (``tools/benchmark.py``).
+
+Candidates in one group are measured interleaved (A, B, A, B, ...) in one process, so a
+busy machine slows them alike; the report gives medians and ratios to the group's
+reference. Peak memory is measured per candidate in a fresh process (CPU: peak RSS
+growth during training steps; CUDA: ``max_memory_allocated``).
+"""
+from __future__ import annotations
+
+import copy
+import multiprocessing as mp
+import resource
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from detectron2.modeling import build_model
+from detectron2.structures import BitMasks, Instances
+from detectron2.utils.events import EventStorage
+
+from ..data.synthetic import SyntheticNucleiSpec, render_image
+from ..modeling.semantic import UNet, UNetPlusPlus, deep_supervision_losses
+from .trainer import load_config
+
+__all__ = ["Candidate", "mask_rcnn_group", "semantic_group", "run_group", "markdown_table"]
+
+
+@dataclass
+class Candidate:
+    """One model with a training step and an inference call on fixed inputs."""
+
+    name: str
+    build: Callable[[], BuiltCandidate]
+    reference: bool = False
+
+
+@dataclass
+class BuiltCandidate:
+    model: torch.nn.Module
+    train_step: Callable[[], None]
+    infer: Callable[[], None]
+    params: int
+    flops: Optional[float] = None
+    extra: Dict[str, float] = field(default_factory=dict)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _nuclei_batch(size: int, batch: int, device: str) -> List[dict]:
+    """Detectron2 inputs from the synthetic generator: realistic nuclei counts and masks."""
+    spec = SyntheticNucleiSpec(size=size, max_nuclei=max(12, size * size // 1000))
+    rng = np.random.default_rng(0)
+    inputs = []
+    for k in range(batch):
+        image, masks = render_image(rng, spec, he_style=k % 2 == 1)
+        inst = Instances((size, size))
+        bitmasks = BitMasks(torch.from_numpy(np.stack(masks)))
+        inst.gt_boxes = bitmasks.get_bounding_boxes()
+        inst.gt_classes = torch.zeros(len(masks), dtype=torch.int64)
+        inst.gt_masks = bitmasks
+        tensor = torch.from_numpy(np.ascontiguousarray(image[..., ::-1].transpose(2, 0, 1)))
+        inputs.append({"image": tensor.to(device), "instances": inst.to(device),
+                       "height": size, "width": size})
+    return inputs
+
+
+def _mask_rcnn(config_file: str, size: int, batch: int, device: str) -> Callable:
+    def build() -> BuiltCandidate:
+        from detectron2.utils.analysis import FlopCountAnalysis
+
+        torch.manual_seed(0)
+        cfg = load_config(config_file, ["MODEL.DEVICE", device])
+        model = build_model(cfg)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        inputs = _nuclei_batch(size, batch, device)
+        test_inputs = [{k: v for k, v in d.items() if k != "instances"} for d in inputs[:1]]
+
+        def train_step():
+            model.train()
+            with EventStorage():
+                losses = model(copy.copy(inputs))
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+
+        def infer():
+            model.eval()
+            with torch.no_grad():
+                model(test_inputs)
+
+        model.eval()
+        flops = FlopCountAnalysis(model, test_inputs)
+        flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        return BuiltCandidate(model, train_step, infer,
+                              sum(p.numel() for p in model.parameters()), flops.total())
+    return build
+
+
+def mask_rcnn_group(pp_config: str, baseline_config: str, size: int = 256, batch: int = 2,
+                    device: str = "cpu") -> List[Candidate]:
+    return [Candidate("Mask R-CNN (baseline)", _mask_rcnn(baseline_config, size, batch, device),
+                      reference=True),
+            Candidate("Mask R-CNN++", _mask_rcnn(pp_config, size, batch, device))]
+
+
+def _semantic(make: Callable[[], torch.nn.Module], level: Optional[int], size: int, batch: int,
+              device: str, dims: int = 2) -> Callable:
+    def build() -> BuiltCandidate:
+        from fvcore.nn import FlopCountAnalysis
+
+        torch.manual_seed(0)
+        model = make().to(device)
+        shape = (batch, 1) + (size,) * dims
+        x = torch.randn(shape, device=device)
+        y = (torch.rand((batch,) + (size,) * dims, device=device) > 0.5).long()
+        optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
+
+        def outputs(inp):
+            if hasattr(model, "predict"):
+                return model(inp)
+            out = model(inp)  # MONAI returns a list with deep supervision, else a tensor
+            return out if isinstance(out, (list, tuple)) else [out]
+
+        def train_step():
+            model.train()
+            losses = deep_supervision_losses(outputs(x), y)
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+
+        def predict(inp):
+            if hasattr(model, "predict"):
+                return model.predict(inp, level)
+            return torch.sigmoid(outputs(inp)[-1])
+
+        def infer():
+            model.eval()
+            with torch.no_grad():
+                predict(x)
+
+        class _Predict(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = model
+
+            def forward(self, inp):
+                return predict(inp)
+
+        model.eval()
+        flops = FlopCountAnalysis(_Predict(), (x[:1],))
+        flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        params = (model.parameter_count(level) if hasattr(model, "parameter_count")
+                  else sum(p.numel() for p in model.parameters()))
+        return BuiltCandidate(model, train_step, infer, params, flops.total())
+    return build
+
+
+def semantic_group(size: int = 96, batch: int = 8, device: str = "cpu",
+                   with_monai: bool = True) -> List[Candidate]:
+    """UNet++ (accurate and L1..L4), U-Net, wide U-Net, and MONAI's BasicUNetPlusPlus."""
+    from ..modeling.semantic import WIDE_UNET_WIDTHS
+
+    cands = [Candidate("UNet++ L4 (fast mode)", _semantic(UNetPlusPlus, 4, size, batch, device),
+                       reference=True)]
+    cands += [Candidate(f"UNet++ L{j} (fast mode)", _semantic(UNetPlusPlus, j, size, batch, device))
+              for j in (3, 2, 1)]
+    cands += [Candidate("UNet++ accurate (mean of 4)",
+                        _semantic(UNetPlusPlus, None, size, batch, device)),
+              Candidate("U-Net", _semantic(UNet, None, size, batch, device)),
+              Candidate("wide U-Net", _semantic(lambda: UNet(widths=WIDE_UNET_WIDTHS), None,
+                                                size, batch, device))]
+    if with_monai:
+        try:
+            from monai.networks.nets import BasicUNetPlusPlus
+        except ImportError:
+            return cands
+        cands.append(Candidate("MONAI BasicUNetPlusPlus", _semantic(
+            lambda: BasicUNetPlusPlus(spatial_dims=2, in_channels=1, out_channels=1,
+                                      features=(32, 64, 128, 256, 512, 32),
+                                      deep_supervision=True), None, size, batch, device)))
+    return cands
+
+
+def _peak_memory_worker(build: Callable, device: str, steps: int, queue) -> None:
+    torch.set_num_threads(torch.get_num_threads())
+    built = build()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(steps):
+        built.train_step()
+    _sync(device)
+    if device.startswith("cuda"):
+        queue.put(torch.cuda.max_memory_allocated() / 2**20)
+    else:
+        queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+
+
+def peak_train_memory_mib(candidate: Candidate, device: str, steps: int = 2) -> float:
+    """Peak memory of training steps, measured in a fresh process (spawned)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_peak_memory_worker, args=(candidate.build, device, steps, queue))
+    proc.start()
+    value = queue.get(timeout=1800)
+    proc.join()
+    return float(value)
+
+
+def run_group(candidates: List[Candidate], device: str = "cpu", repeats: int = 10,
+              warmup: int = 2, memory: bool = True,
+              progress: Callable[[str], None] = print) -> List[dict]:
+    """Interleaved timing of every candidate; returns one result row per candidate."""
+    built = {}
+    for cand in candidates:
+        progress(f"building {cand.name}")
+        built[cand.name] = cand.build()
+    times: Dict[str, Dict[str, List[float]]] = {c.name: {"train": [], "infer": []}
+                                                for c in candidates}
+    for rep in range(warmup + repeats):
+        progress(f"round {rep + 1}/{warmup + repeats}")
+        for kind in ("train", "infer"):
+            for cand in candidates:
+                fn = built[cand.name].train_step if kind == "train" else built[cand.name].infer
+                _sync(device)
+                start = time.perf_counter()
+                fn()
+                _sync(device)
+                if rep >= warmup:
+                    times[cand.name][kind].append(time.perf_counter() - start)
+    reference = next((c.name for c in candidates if c.reference), candidates[0].name)
+    rows = []
+    for cand in candidates:
+        b = built[cand.name]
+        row = {"model": cand.name, "params_M": b.params / 1e6,
+               "gflops": None if b.flops is None else b.flops / 1e9,
+               "train_step_s": statistics.median(times[cand.name]["train"]),
+               "infer_s": statistics.median(times[cand.name]["infer"])}
+        rows.append(row)
+    ref = next(r for r in rows if r["model"] == reference)
+    for row in rows:
+        row["train_ratio"] = row["train_step_s"] / ref["train_step_s"]
+        row["infer_ratio"] = row["infer_s"] / ref["infer_s"]
+        row["reference"] = reference
+    del built
+    if memory:
+        for cand, row in zip(candidates, rows):
+            progress(f"peak memory of {cand.name}")
+            row["peak_train_mem_MiB"] = peak_train_memory_mib(cand, device)
+    return rows
+
+
+def markdown_table(rows: List[dict]) -> str:
+    cols = [("model", "model", "{}"), ("params_M", "params (M)", "{:.2f}"),
+            ("gflops", "GFLOPs (inference)", "{:.1f}"),
+            ("train_step_s", "train step (s)", "{:.3f}"),
+            ("train_ratio", "train ratio", "{:.2f}x"), ("infer_s", "inference (s)", "{:.4f}"),
+            ("infer_ratio", "inference ratio", "{:.2f}x"),
+            ("peak_train_mem_MiB", "peak train mem (MiB)", "{:.0f}")]
+    cols = [c for c in cols if any(c[0] in r for r in rows)]
+    lines = ["| " + " | ".join(c[1] for c in cols) + " |",
+             "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = [fmt.format(r[k]) if r.get(k) is not None else "n/a" for k, _, fmt in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,366 @@
+"""Semantic data: preparation (phantoms in the LiTS / LIDC formats, real DSB2018 and polyp
+data), registration, the mapper and the prepare CLIs."""
+from __future__ import annotations
+
+import json
+import runpy
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import cv2
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from detectron2.data import DatasetCatalog
+
+from maskrcnn_pp.data.dsb2018 import DatasetNotPreparedError
+from maskrcnn_pp.data.semantic import (
+    SemanticDataError,
+    SemanticDatasetMapper,
+    prepare_liver,
+    prepare_nodule,
+    prepare_nuclei_patches,
+    prepare_polyp,
+    register_semantic_datasets,
+)
+from maskrcnn_pp.utils.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+LIVER_HU, TUMOUR_HU, BODY_HU, AIR_HU = 60, 20, 40, -1000
+
+
+def liver_phantom(shape=(64, 64, 8)) -> tuple[np.ndarray, np.ndarray]:
+    """CT-like HU volume (x, y, z in RAS+) and its LiTS labels: a body ellipse, a liver on
+    the patient's right (large x) and front (large y), a tumour inside, and no liver on
+    the first and last slices."""
+    x, y = np.mgrid[:shape[0], :shape[1]]
+    body = ((x - 32) / 28) ** 2 + ((y - 32) / 22) ** 2 < 1
+    liver = ((x - 44) / 12) ** 2 + ((y - 40) / 9) ** 2 < 1
+    tumour = ((x - 46) / 3) ** 2 + ((y - 40) / 3) ** 2 < 1
+    hu = np.full(shape, AIR_HU, np.int16)
+    seg = np.zeros(shape, np.uint8)
+    for z in range(shape[2]):
+        hu[body, z] = BODY_HU
+        if 0 < z < shape[2] - 1:
+            hu[liver, z], seg[liver, z] = LIVER_HU, 1
+            hu[tumour, z], seg[tumour, z] = TUMOUR_HU, 2
+    return hu, seg
+
+
+def write_lits(folder: Path, number: int, hu: np.ndarray, seg: np.ndarray,
+               affine: np.ndarray | None = None, suffix: str = ".nii.gz") -> None:
+    affine = np.diag([0.8, 0.8, 2.5, 1.0]) if affine is None else affine
+    folder.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(hu, affine), str(folder / f"volume-{number}{suffix}"))
+    nib.save(nib.Nifti1Image(seg, affine), str(folder / f"segmentation-{number}{suffix}"))
+
+
+def nodule_phantom(size: int = 32, radius: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+    """Lung-like HU crop with a spherical nodule at its centre, and the nodule's label."""
+    grid = np.indices((size,) * 3) - (size - 1) / 2
+    sphere = (grid ** 2).sum(axis=0) <= radius ** 2
+    hu = np.where(sphere, 50, -800).astype(np.int16)
+    return hu, sphere.astype(np.uint8)
+
+
+def write_nodule(folder: Path, name: str, hu: np.ndarray, label: np.ndarray) -> None:
+    for kind, array in (("images", hu), ("labels", label)):
+        (folder / kind).mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(array, np.eye(4)), str(folder / kind / f"{name}.nii.gz"))
+
+
+def read_png(path: Path) -> np.ndarray:
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+
+
+# ---------------------------------------------------------------- liver
+
+def test_liver_slices_windowed_oriented_and_merged(tmp_path):
+    hu, seg = liver_phantom()
+    write_lits(tmp_path / "lits" / "batch1", 0, hu, seg)
+    write_lits(tmp_path / "lits" / "batch2", 1, hu, seg, suffix=".nii")
+    report = prepare_liver(tmp_path / "lits", tmp_path / "out", size=64, val_fraction=0.5)
+    # Six slices with liver per scan; one scan per split.
+    assert report["samples"] == {"train": 6, "val": 6} and report["skipped"] == []
+    root = tmp_path / "out" / "liver"
+    assert json.loads((root / "report.json").read_text())["sources_used"] == 2
+    names = sorted(p.name for p in (root / "train" / "labels").iterdir())
+    assert len(names) == 6 and all(n.endswith(f"_z{z:04d}.png") for n, z in zip(names, range(1, 7)))
+    image = read_png(root / "train" / "images" / names[0])
+    label = read_png(root / "train" / "labels" / names[0])
+    assert image.shape == label.shape == (64, 64) and image.dtype == np.uint8
+    # Liver and tumour merge; window [-200, 250]: 60 HU -> 147, 20 HU -> 125, 40 -> 136.
+    assert set(np.unique(label)) == {0, 1}
+    assert label.sum() == (seg[:, :, 1] > 0).sum()
+    assert set(np.unique(image[label == 1])) == {147, 125}
+    assert set(np.unique(image[label == 0])) == {0, 136}
+    # Radiological view: the patient's right (large x) on the image's left, anterior up.
+    rows, cols = np.nonzero(label)
+    assert cols.mean() < 32 and rows.mean() < 32
+
+
+def test_liver_orientation_follows_the_affine(tmp_path):
+    hu, seg = liver_phantom()
+    write_lits(tmp_path / "ras", 0, hu, seg, affine=np.eye(4))
+    flip_x = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip_x[0, 3] = hu.shape[0] - 1  # same voxel positions in the world, stored mirrored
+    write_lits(tmp_path / "las", 0, hu[::-1].copy(), seg[::-1].copy(), affine=flip_x)
+    for name in ("ras", "las"):
+        prepare_liver(tmp_path / name, tmp_path / f"out_{name}", size=64, val_fraction=0)
+    for kind in ("images", "labels"):
+        for ras in sorted((tmp_path / "out_ras" / "liver" / "train" / kind).iterdir()):
+            las = tmp_path / "out_las" / "liver" / "train" / kind / ras.name
+            assert np.array_equal(read_png(ras), read_png(las))
+
+
+def test_liver_bad_inputs_are_skipped_and_reported(tmp_path):
+    hu, seg = liver_phantom()
+    source = tmp_path / "lits"
+    write_lits(source, 0, hu, seg)
+    write_lits(source, 1, hu, seg[:, :, :4].copy())  # shape mismatch
+    write_lits(source, 2, hu, np.zeros_like(seg))  # no liver
+    write_lits(source, 3, hu, seg)
+    (source / "segmentation-3.nii.gz").write_bytes(b"not a nifti file")  # unreadable
+    nib.save(nib.Nifti1Image(hu, np.eye(4)), str(source / "volume-4.nii.gz"))  # no label
+    report = prepare_liver(source, tmp_path / "out", size=32, val_fraction=0)
+    reasons = {Path(item["file"]).name: item["reason"] for item in report["skipped"]}
+    assert set(reasons) == {"volume-1.nii.gz", "segmentation-2.nii.gz", "volume-3.nii.gz",
+                            "volume-4.nii.gz"}
+    assert "differ in shape" in reasons["volume-1.nii.gz"]
+    assert reasons["segmentation-2.nii.gz"] == "no liver voxel"
+    assert "segmentation-3.nii.gz: not a readable NIfTI" in reasons["volume-3.nii.gz"]
+    assert "no segmentation-4" in reasons["volume-4.nii.gz"]
+    assert report["samples"]["train"] == 6
+    assert read_png(next((tmp_path / "out/liver/train/images").iterdir())).shape == (32, 32)
+
+
+def test_failed_preparation_keeps_the_previous_data_set(tmp_path):
+    hu, seg = liver_phantom()
+    write_lits(tmp_path / "good", 0, hu, seg)
+    write_lits(tmp_path / "bad", 0, hu, np.zeros_like(seg))
+    prepare_liver(tmp_path / "good", tmp_path / "out", size=32, val_fraction=0)
+    with pytest.raises(SemanticDataError, match="no usable CT volumes.*no liver voxel"):
+        prepare_liver(tmp_path / "bad", tmp_path / "out", size=32, val_fraction=0)
+    assert len(list((tmp_path / "out/liver/train/images").iterdir())) == 6
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["liver"]
+
+
+# ---------------------------------------------------------------- nodules
+
+def test_nodule_crops_windowed_padded_and_checked(tmp_path):
+    source = tmp_path / "crops"
+    hu, label = nodule_phantom(size=48)
+    write_nodule(source, "n1", hu, label)
+    write_nodule(source, "empty", hu, np.zeros_like(label))
+    write_nodule(source, "mismatch", hu, label[:40].copy())
+    report = prepare_nodule(source, tmp_path / "out", size=64, val_fraction=0)
+    reasons = {Path(item["file"]).name: item["reason"] for item in report["skipped"]}
+    assert reasons == {"empty.nii.gz": "empty label: no nodule voxel",
+                       "mismatch.nii.gz": "image (48, 48, 48) and label (40, 48, 48) differ "
+                                          "in shape"}
+    image = nib.load(str(tmp_path / "out/nodule/train/images/n1.nii.gz")).get_fdata()
+    out_label = nib.load(str(tmp_path / "out/nodule/train/labels/n1.nii.gz")).get_fdata()
+    assert image.shape == out_label.shape == (64, 64, 64)
+    assert out_label.sum() == label.sum()
+    # Padded by 8 on each side; window [-1000, 400]: -800 HU -> 36, 50 HU -> 191, pad -> 0.
+    assert np.array_equal(out_label[8:56, 8:56, 8:56], label)
+    assert set(np.unique(image[out_label == 1])) == {191}
+    assert set(np.unique(image[8:56, 8:56, 8:56][label == 0])) == {36}
+    assert image[:8].max() == 0
+    report = prepare_nodule(source, tmp_path / "out", size=64, val_fraction=0, allow_empty=True)
+    assert report["samples"]["train"] == 2
+
+
+# ---------------------------------------------------------------- real data
+
+def test_nuclei_patches_reassemble_to_the_union_of_masks(tmp_path, dsb2018_root):
+    folders = sorted(p for p in dsb2018_root.iterdir() if p.is_dir())[:3]
+    source = tmp_path / "stage1_train"
+    source.mkdir()
+    for folder in folders:
+        shutil.copytree(folder, source / folder.name)
+    report = prepare_nuclei_patches(source, tmp_path / "out", val_fraction=0.34)
+    assert report["sources_used"] == 3 and report["skipped"] == []
+    out = tmp_path / "out" / "nuclei_patches"
+    for folder in folders:
+        image = cv2.imread(str(folder / "images" / f"{folder.name}.png"), cv2.IMREAD_COLOR)
+        union = np.zeros(image.shape[:2], np.uint8)
+        for mask in (folder / "masks").glob("*.png"):
+            union |= (cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE) > 0).astype(np.uint8)
+        rebuilt = np.full(union.shape, 255, np.uint8)
+        rebuilt_image = np.zeros_like(image)
+        patches = sorted(out.glob(f"*/labels/{folder.name}_*.png"))
+        assert len({p.parts[-3] for p in patches}) == 1  # one image, one split
+        for patch in patches:
+            y, x = map(int, patch.stem.rsplit("_", 2)[1:])
+            label = read_png(patch)
+            assert label.shape == (96, 96)
+            rebuilt[y:y + 96, x:x + 96] = label
+            rebuilt_image[y:y + 96, x:x + 96] = read_png(patch.parent.parent / "images"
+                                                         / patch.name)
+        assert np.array_equal(rebuilt, union)
+        assert np.array_equal(rebuilt_image, image)
+    assert report["samples"]["val"] > 0 and report["samples"]["train"] > 0
+
+
+def test_nuclei_patches_from_an_archive(tmp_path, dsb2018_root):
+    folder = sorted(p for p in dsb2018_root.iterdir() if p.is_dir())[0]
+    archive = tmp_path / "small.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=f"stage1_train/{folder.name}")
+    report = prepare_nuclei_patches(archive, tmp_path / "out", patch_size=128, stride=64,
+                                    val_fraction=0)
+    height, width = cv2.imread(str(folder / "images" / f"{folder.name}.png")).shape[:2]
+    tiles = (len(range(0, height - 128 + 1, 64)) + ((height - 128) % 64 > 0)) * \
+            (len(range(0, width - 128 + 1, 64)) + ((width - 128) % 64 > 0))
+    assert report["samples"] == {"train": tiles, "val": 0}
+
+
+def _polyp_subset(root: Path, stems: list[str], dest: Path) -> Path:
+    for kind in ("images", "masks"):
+        (dest / kind).mkdir(parents=True)
+        for stem in stems:
+            shutil.copy(root / kind / f"{stem}.jpg", dest / kind / f"{stem}.jpg")
+    return dest
+
+
+def test_kvasir_resized_and_thresholded(tmp_path, kvasir_root):
+    stems = sorted(p.stem for p in (kvasir_root / "images").glob("*.jpg"))[:12]
+    source = _polyp_subset(kvasir_root, stems, tmp_path / "Kvasir-SEG")
+    cv2.imwrite(str(source / "masks" / f"{stems[0]}.jpg"),
+                np.zeros((256, 256), np.uint8))  # a frame without polyp
+    report = prepare_polyp(source, tmp_path / "out", name="kvasir", val_fraction=0.25)
+    assert [Path(s["file"]).name for s in report["skipped"]] == [f"{stems[0]}.jpg"]
+    assert report["samples"] == {"train": 8, "val": 3}
+    for label_path in (tmp_path / "out" / "polyp_kvasir").glob("*/labels/*.png"):
+        label = read_png(label_path)
+        image = read_png(label_path.parent.parent / "images" / label_path.name)
+        assert label.shape == (224, 224) and image.shape == (224, 224, 3)
+        assert set(np.unique(label)) <= {0, 1}
+        source_mask = cv2.imread(str(source / "masks" / f"{label_path.stem}.jpg"), 0) > 127
+        assert abs(label.mean() - source_mask.mean()) < 0.01
+
+
+def test_clinicdb_split_by_video_sequence(tmp_path, clinicdb_root):
+    # Frames 20..30 span sequences 1 (1-25) and 2 (26-50); 60..62 are sequence 3 (51-67).
+    stems = [str(n) for n in [*range(20, 31), 60, 61, 62]]
+    source = _polyp_subset(clinicdb_root, stems, tmp_path / "CVC-ClinicDB")
+    report = prepare_polyp(source, tmp_path / "out", name="clinicdb", size=64,
+                           val_fraction=0.34)
+    assert report["sources_used"] == 14
+    split_of = {p.stem: p.parts[-3]
+                for p in (tmp_path / "out" / "polyp_clinicdb").glob("*/labels/*.png")}
+    for sequence in ([20, 21, 22, 23, 24, 25], [26, 27, 28, 29, 30], [60, 61, 62]):
+        assert len({split_of[str(n)] for n in sequence}) == 1
+    assert set(split_of.values()) == {"train", "val"}
+
+
+# ---------------------------------------------------------------- registration and mapper
+
+@pytest.fixture
+def prepared_liver(tmp_path, monkeypatch) -> Path:
+    hu, seg = liver_phantom()
+    write_lits(tmp_path / "lits", 0, hu, seg)
+    write_lits(tmp_path / "lits", 1, hu, seg)
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))
+    prepare_liver(tmp_path / "lits", tmp_path / "datasets", size=64, val_fraction=0.5)
+    return tmp_path / "datasets" / "liver"
+
+
+def test_registration_is_lazy_idempotent_and_explains_missing_data(prepared_liver,
+                                                                   monkeypatch, tmp_path):
+    register_semantic_datasets()
+    register_semantic_datasets()
+    dicts = DatasetCatalog.get("liver_train")
+    assert len(dicts) == 6
+    assert Path(dicts[0]["sem_seg_file_name"]).parent.name == "labels"
+    assert Path(dicts[0]["file_name"]).name == Path(dicts[0]["sem_seg_file_name"]).name
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "elsewhere"))
+    with pytest.raises(DatasetNotPreparedError, match="prepare_nodule.py --source"):
+        DatasetCatalog.get("nodule_val")
+
+
+def test_mapper_train_and_test(prepared_liver):
+    record = {"file_name": str(next((prepared_liver / "val" / "images").iterdir())),
+              "image_id": "x"}
+    record["sem_seg_file_name"] = record["file_name"].replace("/images/", "/labels/")
+    truth = read_png(Path(record["sem_seg_file_name"]))
+    train = SemanticDatasetMapper(True, image_format="L", size=32, num_classes=1, flip=True)
+    out = train(dict(record))
+    assert out["image"].shape == (1, 32, 32) and out["image"].dtype == torch.float32
+    assert out["sem_seg"].shape == (32, 32) and out["sem_seg"].dtype == torch.int64
+    assert (out["height"], out["width"]) == (32, 32)
+    assert 0 < out["sem_seg"].sum() < truth.sum()
+    test = SemanticDatasetMapper(False, image_format="L", size=32, num_classes=1, flip=True)
+    out = test(dict(record))
+    assert out["image"].shape == (1, 32, 32)
+    assert np.array_equal(out["sem_seg"].numpy(), truth)  # scored at the stored size
+    assert (out["height"], out["width"]) == (64, 64)
+
+
+def test_mapper_rejects_bad_labels(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    cv2.imwrite(str(tmp_path / "images/a.png"), np.zeros((8, 8), np.uint8))
+    cv2.imwrite(str(tmp_path / "labels/a.png"), np.full((8, 8), 255, np.uint8))
+    cv2.imwrite(str(tmp_path / "labels/b.png"), np.zeros((6, 8), np.uint8))
+    mapper = SemanticDatasetMapper(False, image_format="L", size=0, num_classes=1, flip=False)
+    record = {"file_name": str(tmp_path / "images/a.png"), "image_id": "a"}
+    with pytest.raises(SemanticDataError, match="a.png: label value 255 is not a class id"):
+        mapper({**record, "sem_seg_file_name": str(tmp_path / "labels/a.png")})
+    with pytest.raises(SemanticDataError, match="differ in size"):
+        mapper({**record, "sem_seg_file_name": str(tmp_path / "labels/b.png")})
+
+
+# ---------------------------------------------------------------- CLIs
+
+def _cli_main(script: str):
+    """``main`` of a datasets/ script, loaded in this process (fast: no second import)."""
+    return runpy.run_path(str(REPO / "datasets" / script), run_name="cli")["main"]
+
+
+def test_prepare_cli_user_error_exits_2_with_one_line(tmp_path):
+    # fvcore warns about torch.jit.script on import; that line is not this CLI's output.
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore::FutureWarning", str(REPO / "datasets/prepare_liver.py"),
+         "--source", str(tmp_path / "missing"), "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: source {tmp_path / 'missing'} does not exist (expected a folder of LiTS "
+        "volume-N / segmentation-N NIfTI files)"]
+
+
+def test_prepare_cli_nothing_usable_exits_2(tmp_path, capsys):
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    (tmp_path / "empty" / "masks").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        _cli_main("prepare_polyp.py")(["--name", "kvasir", "--source", str(tmp_path / "empty"),
+                                       "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert len(stderr.splitlines()) == 1 and "no usable image/mask pairs" in stderr
+    assert not (tmp_path / "out" / "polyp_kvasir").exists()
+
+
+def test_prepare_nodule_cli_writes_report(tmp_path, capsys):
+    hu, label = nodule_phantom(size=16, radius=3)
+    write_nodule(tmp_path / "crops", "a", hu, label)
+    _cli_main("prepare_nodule.py")(["--source", str(tmp_path / "crops"), "--output",
+                                    str(tmp_path / "out"), "--size", "16",
+                                    "--val-fraction", "0"])
+    assert "nodule: 1 source(s) used, 1 train / 0 val samples" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out/nodule/report.json").read_text())["samples"]["train"] == 1
+
+
+def test_user_errors_are_named(tmp_path):
+    with pytest.raises(UserError, match="--name must be"):
+        prepare_polyp(tmp_path, name="asu-mayo")
+    with pytest.raises(UserError, match="val_fraction must be in"):
+        hu, seg = liver_phantom()
+        write_lits(tmp_path / "lits", 0, hu, seg)
+        prepare_liver(tmp_path / "lits", tmp_path / "out", val_fraction=1.0)

@@ -25,5 +25,7 @@ setup(
         "matplotlib>=3.5",
         "nibabel>=5.0",
     ],
-    extras_require={"dev": ["pytest>=7.0", "ruff>=0.4"]},
+    extras_require={"dev": ["pytest>=7.0", "ruff>=0.4"],
+                    # optional: MONAI's BasicUNetPlusPlus as a speed reference in tools/benchmark.py
+                    "bench": ["monai>=1.3"]},
 )

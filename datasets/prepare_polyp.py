@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from maskrcnn_pp.data.coco import datasets_root
 from maskrcnn_pp.data.semantic import iter_report_lines, prepare_polyp
-from maskrcnn_pp.data.synthetic import datasets_root
 from maskrcnn_pp.utils.errors import exit_on_user_error
 
 

@@ -343,3 +343,11 @@ def test_missing_weights_file_is_a_clear_file_not_found_error(tmp_path):
     with pytest.raises(MissingCheckpointError, match=f"{missing} does not exist") as error:
         SafeCheckpointer(nn.Linear(2, 2)).load(str(missing))
     assert isinstance(error.value, FileNotFoundError) and isinstance(error.value, UserError)
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    from maskrcnn_pp.engine.checkpoint import MismatchedCheckpointError
+
+    torch.save({"model": {"head.weight": torch.ones(2)}}, tmp_path / "other.pth")
+    with pytest.raises(MismatchedCheckpointError, match="other.pth matches none"):
+        SafeCheckpointer(nn.Linear(2, 2)).load(str(tmp_path / "other.pth"))

@@ -17,7 +17,7 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog
 
-from maskrcnn_pp.data.dsb2018 import DatasetNotPreparedError
+from maskrcnn_pp.data.coco import DatasetNotPreparedError
 from maskrcnn_pp.data.semantic import (
     SemanticDataError,
     SemanticDatasetMapper,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 
-from maskrcnn_pp.data.dsb2018 import DatasetNotPreparedError
 from maskrcnn_pp.engine.trainer import load_config
 from maskrcnn_pp.evaluation.semantic import prune_report
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
@@ -35,10 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.dataset is None and not cfg.DATASETS.TEST:
         raise UserError(f"{args.config_file}: DATASETS.TEST is empty; pass --dataset")
     dataset = args.dataset or cfg.DATASETS.TEST[0]
-    try:
-        paths = prune_report(cfg, dataset, args.output)
-    except DatasetNotPreparedError as err:
-        raise UserError(str(err)) from None
+    paths = prune_report(cfg, dataset, args.output)
     print(paths["md"].read_text(), end="")
     print(f"written: {', '.join(str(p) for p in paths.values())}")
 

@@ -23,20 +23,22 @@ from typing import Union
 
 import cv2
 import numpy as np
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json
-from pycocotools import mask as mask_util
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..utils.errors import UserError
 from ..utils.io import atomic_write_bytes, atomic_write_json
-from .synthetic import datasets_root
+from .coco import (
+    datasets_root,
+    mask_to_annotation,
+    register_coco_instances_lazy,
+)
+from .image_io import UnreadableImageError, decode_image_file, read_image_rgb
 
 __all__ = [
-    "NUCLEUS_CATEGORY", "ConversionReport", "Problem", "DatasetNotPreparedError",
-    "convert_dsb2018", "find_sample_folders", "register_coco_instances_lazy",
-    "register_dsb2018", "prepare_command",
+    "NUCLEUS_CATEGORY", "ConversionReport", "Problem", "convert_dsb2018",
+    "find_sample_folders", "register_dsb2018", "prepare_command", "read_image_bgr8",
+    "read_mask", "SampleProblem", "source_root", "split_val_ids",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,10 +47,6 @@ PathLike = Union[str, os.PathLike]
 NUCLEUS_CATEGORY = {"id": 1, "name": "nucleus"}
 SPLITS = ("train", "val")
 DSB2018_DIRNAME = "dsb2018"
-
-
-class DatasetNotPreparedError(FileNotFoundError):
-    """A registered data set whose files have not been written yet; the message says how."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +90,7 @@ class ConversionReport:
         return data
 
 
-class _SampleProblem(Exception):
+class SampleProblem(Exception):
     """Raised inside the per-image conversion; becomes a :class:`Problem`."""
 
     def __init__(self, path: Path, kind: str, reason: str):
@@ -131,7 +129,7 @@ def convert_dsb2018(src: PathLike, out: PathLike, val_fraction: float = 0.1, see
     out = Path(out)
     report = ConversionReport(source=str(src), val_fraction=val_fraction, seed=seed)
     samples: list[_Sample] = []
-    with _source_root(Path(src)) as root:
+    with source_root(Path(src)) as root:
         folders = find_sample_folders(root)
         if not folders:
             raise UserError(f"no image folders (<id>/images/<id>.png) found in {src}")
@@ -141,22 +139,22 @@ def convert_dsb2018(src: PathLike, out: PathLike, val_fraction: float = 0.1, see
             for folder in tqdm(folders, desc="dsb2018", unit="image", disable=not progress):
                 try:
                     if folder.name in seen:
-                        raise _SampleProblem(folder, "duplicate_id",
+                        raise SampleProblem(folder, "duplicate_id",
                                              "another folder has the same image id")
                     seen.add(folder.name)
                     sample = _convert_sample(folder, out / "images")
-                except _SampleProblem as problem:
+                except SampleProblem as problem:
                     _record(report, root, problem)
                     continue
                 samples.append(sample)
                 for mask_path in sample.empty_masks:
-                    _record(report, root, _SampleProblem(mask_path, "empty_mask", "mask is empty"))
+                    _record(report, root, SampleProblem(mask_path, "empty_mask", "mask is empty"))
                 if sample.overlap_pixels:
                     report.overlaps.append({"image": sample.image_id,
                                             "overlap_pixels": sample.overlap_pixels})
 
     _assign_coco_ids(samples)
-    val_ids = _val_ids([s.image_id for s in samples], val_fraction, seed)
+    val_ids = split_val_ids([s.image_id for s in samples], val_fraction, seed)
     splits = {split: [s for s in samples if (s.image_id in val_ids) == (split == "val")]
               for split in SPLITS}
     report.images_converted = len(samples)
@@ -186,7 +184,7 @@ def find_sample_folders(root: PathLike) -> list[Path]:
 
 
 @contextlib.contextmanager
-def _source_root(src: Path) -> Iterator[Path]:
+def source_root(src: Path) -> Iterator[Path]:
     """The folder to search: ``src`` itself, or an archive extracted to a temporary folder."""
     if src.is_dir():
         yield src
@@ -208,7 +206,7 @@ def _source_root(src: Path) -> Iterator[Path]:
         yield Path(tmp)
 
 
-def _record(report: ConversionReport, root: Path, problem: _SampleProblem) -> None:
+def _record(report: ConversionReport, root: Path, problem: SampleProblem) -> None:
     """Log and keep a problem; files inside an archive are named ``ARCHIVE:member/path``."""
     source = Path(report.source)
     name = (str(problem.path) if root == source
@@ -223,83 +221,54 @@ def _convert_sample(folder: Path, image_dir: Path) -> _Sample:
     image_id = folder.name
     image_path = folder / "images" / f"{image_id}.png"
     if not image_path.is_file():
-        raise _SampleProblem(folder / "images", "missing_image", f"no {image_id}.png in images/")
+        raise SampleProblem(folder / "images", "missing_image", f"no {image_id}.png in images/")
     mask_paths = sorted((folder / "masks").glob("*.png"))
     if not mask_paths:
-        raise _SampleProblem(folder, "no_masks", "no masks/*.png for this image")
-    image = _read_image_bgr8(image_path)
+        raise SampleProblem(folder, "no_masks", "no masks/*.png for this image")
+    image = read_image_bgr8(image_path)
     height, width = image.shape[:2]
 
     sample = _Sample(image_id=image_id, height=height, width=width)
     coverage = np.zeros((height, width), np.uint16)
     for mask_path in mask_paths:
-        mask = _read_mask(mask_path, (height, width))
+        mask = read_mask(mask_path, (height, width))
         if not mask.any():
             sample.empty_masks.append(mask_path)
             continue
         coverage += mask
-        sample.annotations.append(_annotation(mask))
+        sample.annotations.append(mask_to_annotation(mask, NUCLEUS_CATEGORY["id"]))
     sample.overlap_pixels = int(np.count_nonzero(coverage > 1))
 
     ok, png = cv2.imencode(".png", image)
     if not ok:
-        raise _SampleProblem(image_path, "unreadable_image", "could not be re-encoded as PNG")
+        raise SampleProblem(image_path, "unreadable_image", "could not be re-encoded as PNG")
     atomic_write_bytes(image_dir / f"{image_id}.png", png.tobytes())
     return sample
 
 
-def _decode_png(path: Path, kind: str) -> np.ndarray:
+def _decode(path: Path, kind: str) -> np.ndarray:
     try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise _SampleProblem(path, kind, f"cannot be read ({err.strerror or err})") from None
-    if not data:
-        raise _SampleProblem(path, kind, "file is empty")
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if pixels is None:
-        raise _SampleProblem(path, kind, "cannot be decoded as an image (corrupt or truncated)")
-    return pixels
+        return decode_image_file(path)
+    except UnreadableImageError as err:
+        raise SampleProblem(path, kind, err.reason) from None
 
 
-def _read_image_bgr8(path: Path) -> np.ndarray:
-    """Any PNG as 8-bit BGR (OpenCV order; written back as RGB).
-
-    Alpha is dropped, grayscale is repeated over three channels, and 16-bit images are
-    stretched linearly from their minimum..maximum to 0..255 (microscopy cameras rarely
-    fill the 16-bit range, so dividing by 257 would leave them nearly black).
-    """
-    pixels = _decode_png(path, "unreadable_image")
-    if pixels.dtype == np.uint16:
-        low, high = float(pixels.min()), float(pixels.max())
-        scale = 255.0 / (high - low) if high > low else 0.0
-        pixels = np.rint((pixels - low) * scale).astype(np.uint8)
-    elif pixels.dtype != np.uint8:
-        raise _SampleProblem(path, "unreadable_image", f"unsupported pixel type {pixels.dtype}")
-    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
-    if channels == 1:
-        return cv2.cvtColor(pixels.reshape(pixels.shape[:2]), cv2.COLOR_GRAY2BGR)
-    if channels == 4:
-        return cv2.cvtColor(pixels, cv2.COLOR_BGRA2BGR)
-    if channels == 3:
-        return pixels
-    raise _SampleProblem(path, "unreadable_image", f"unsupported channel count {channels}")
+def read_image_bgr8(path: Path) -> np.ndarray:
+    """A DSB2018 image as 8-bit BGR (OpenCV order), by :func:`read_image_rgb`'s rules."""
+    try:
+        return np.ascontiguousarray(read_image_rgb(path)[..., ::-1])
+    except UnreadableImageError as err:
+        raise SampleProblem(path, "unreadable_image", err.reason) from None
 
 
-def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """A mask PNG as a boolean array: a pixel is foreground where any channel is non-zero."""
-    pixels = _decode_png(path, "unreadable_mask")
+    pixels = _decode(path, "unreadable_mask")
     if pixels.shape[:2] != shape:
-        raise _SampleProblem(path, "size_mismatch",
+        raise SampleProblem(path, "size_mismatch",
                              f"mask is {pixels.shape[1]}x{pixels.shape[0]} (w x h) but its "
                              f"image is {shape[1]}x{shape[0]}")
     return pixels.any(axis=2) if pixels.ndim == 3 else pixels > 0
-
-
-def _annotation(mask: np.ndarray) -> dict:
-    rle = mask_util.encode(np.asfortranarray(mask, dtype=np.uint8))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return {"category_id": NUCLEUS_CATEGORY["id"], "iscrowd": 0, "segmentation": rle,
-            "area": int(mask_util.area(rle)), "bbox": [float(v) for v in mask_util.toBbox(rle)]}
 
 
 def _assign_coco_ids(samples: list[_Sample]) -> None:
@@ -313,7 +282,7 @@ def _assign_coco_ids(samples: list[_Sample]) -> None:
             next_ann_id += 1
 
 
-def _val_ids(image_ids: Sequence[str], val_fraction: float, seed: int) -> set:
+def split_val_ids(image_ids: Sequence[str], val_fraction: float, seed: int) -> set:
     """A seeded random ``val_fraction`` of the ids; independent of the order they were found."""
     ordered = sorted(image_ids)
     count = int(round(val_fraction * len(ordered)))
@@ -337,33 +306,6 @@ def _coco_dict(samples: list[_Sample]) -> dict:
 def prepare_command(root: PathLike) -> str:
     """The shell command that writes the DSB2018 files that ``root`` should hold."""
     return f"python datasets/prepare_dsb2018.py PATH/TO/stage1_train.zip {root}"
-
-
-def register_coco_instances_lazy(name: str, json_file: PathLike, image_root: PathLike,
-                                 metadata: dict | None = None,
-                                 missing_hint: str = "") -> None:
-    """Register a COCO instance set whose files may not exist yet; safe to call again.
-
-    Nothing is read until ``DatasetCatalog.get(name)``; if ``json_file`` is missing then,
-    :class:`DatasetNotPreparedError` says which file and (``missing_hint``) how to make it.
-    Registering a name again replaces the earlier registration.
-    """
-    json_file, image_root = str(json_file), str(image_root)
-
-    def load() -> list[dict]:
-        if not os.path.isfile(json_file):
-            raise DatasetNotPreparedError(
-                f"data set {name!r} is not prepared: {os.path.abspath(json_file)} does not "
-                f"exist. {missing_hint}".rstrip())
-        return load_coco_json(json_file, image_root, name)
-
-    if name in DatasetCatalog.list():
-        DatasetCatalog.remove(name)
-    if name in MetadataCatalog.list():
-        MetadataCatalog.remove(name)
-    DatasetCatalog.register(name, load)
-    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root,
-                                  evaluator_type="coco", **(metadata or {}))
 
 
 def register_dsb2018(root: PathLike | None = None) -> None:

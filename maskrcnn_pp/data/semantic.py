@@ -38,16 +38,15 @@ from PIL import Image
 
 from ..utils.errors import UserError
 from ..utils.io import atomic_write_json
+from .coco import DatasetNotPreparedError, datasets_root
 from .dsb2018 import (
-    DatasetNotPreparedError,
-    _read_image_bgr8,
-    _read_mask,
-    _SampleProblem,
-    _source_root,
-    _val_ids,
+    SampleProblem,
     find_sample_folders,
+    read_image_bgr8,
+    read_mask,
+    source_root,
+    split_val_ids,
 )
-from .synthetic import datasets_root
 
 __all__ = [
     "SemanticDataError", "SemanticDatasetInfo", "SEMANTIC_DATASETS",
@@ -234,7 +233,7 @@ class _Preparation:
             reasons = "; ".join(f"{s['file']}: {s['reason']}" for s in self.report["skipped"][:3])
             raise SemanticDataError(f"{self.report['source']}: no usable {what} found"
                                     + (f" ({reasons})" if reasons else ""))
-        val = _val_ids(sorted(self.groups), self.val_fraction, self.seed)
+        val = split_val_ids(sorted(self.groups), self.val_fraction, self.seed)
         counts = dict.fromkeys(SPLITS, 0)
         for group, names in self.groups.items():
             split = "val" if group in val else "train"
@@ -264,14 +263,14 @@ def _nuclei_union(folder: Path, prep: _Preparation) -> tuple[np.ndarray, np.ndar
     """
     image_path = folder / "images" / f"{folder.name}.png"
     try:
-        image = _read_image_bgr8(image_path)
+        image = read_image_bgr8(image_path)
         union = np.zeros(image.shape[:2], bool)
         for mask_path in sorted((folder / "masks").glob("*.png")):
-            mask = _read_mask(mask_path, union.shape)
+            mask = read_mask(mask_path, union.shape)
             if not mask.any():
                 prep.warn(mask_path, "empty mask ignored")
             union |= mask
-    except _SampleProblem as problem:
+    except SampleProblem as problem:
         prep.skip(problem.path, problem.reason)
         return None
     if not union.any():
@@ -305,7 +304,7 @@ def prepare_nuclei_patches(source: Path, output_root: Path | None = None, *,
     stride = stride or patch_size
     if patch_size < 1 or stride < 1:
         raise UserError(f"patch size and stride must be positive, got {patch_size}, {stride}")
-    with _source_root(source) as dsb, _Preparation(
+    with source_root(source) as dsb, _Preparation(
             output_root, "nuclei_patches", source, val_fraction=val_fraction, seed=seed,
             patch_size=patch_size, stride=stride) as prep:
         for folder in find_sample_folders(dsb):
@@ -404,6 +403,21 @@ def _axial_slice(volume: np.ndarray, z: int) -> np.ndarray:
     return np.ascontiguousarray(volume[:, :, z].T[::-1, ::-1])
 
 
+def _read_nifti_pair(image_path: Path, label_path: Path, prep: _Preparation):
+    """``(image, label, image affine)``, or None after reporting an unreadable file or a
+    shape mismatch (the item is skipped, the preparation goes on)."""
+    try:
+        image, affine = read_nifti(image_path)
+        label, _ = read_nifti(label_path)
+    except SemanticDataError as err:
+        prep.skip(image_path, str(err))
+        return None
+    if image.shape != label.shape:
+        prep.skip(image_path, f"image {image.shape} and label {label.shape} differ in shape")
+        return None
+    return image, label, affine
+
+
 def prepare_liver(source: Path, output_root: Path | None = None, *, size: int = 512,
                   window: tuple[float, float] = (-200.0, 250.0), val_fraction: float = 0.2,
                   seed: int = 0, keep_empty_slices: bool = False) -> dict:
@@ -419,16 +433,10 @@ def prepare_liver(source: Path, output_root: Path | None = None, *, size: int = 
                       size=size, window=list(window),
                       keep_empty_slices=keep_empty_slices) as prep:
         for number, volume_path, segmentation_path in _lits_pairs(source, prep):
-            try:
-                hu, _ = read_nifti(volume_path)
-                seg, _ = read_nifti(segmentation_path)
-            except SemanticDataError as err:
-                prep.skip(volume_path, str(err))
+            pair = _read_nifti_pair(volume_path, segmentation_path, prep)
+            if pair is None:
                 continue
-            if hu.shape != seg.shape:
-                prep.skip(volume_path, f"volume {hu.shape} and segmentation {seg.shape} "
-                                       "differ in shape")
-                continue
+            hu, seg, _ = pair
             unexpected = sorted(set(np.unique(seg).tolist()) - {0, 1, 2})
             if unexpected:
                 prep.skip(segmentation_path, f"label values {unexpected[:5]} outside "
@@ -490,16 +498,10 @@ def prepare_nodule(source: Path, output_root: Path | None = None, *, size: int =
             if label_path is None:
                 prep.skip(image_path, "no label with the same name in labels/")
                 continue
-            try:
-                hu, affine = read_nifti(image_path)
-                label, _ = read_nifti(label_path)
-            except SemanticDataError as err:
-                prep.skip(image_path, str(err))
+            pair = _read_nifti_pair(image_path, label_path, prep)
+            if pair is None:
                 continue
-            if hu.shape != label.shape:
-                prep.skip(image_path, f"image {hu.shape} and label {label.shape} differ in "
-                                      "shape")
-                continue
+            hu, label, affine = pair
             nodule = np.asarray(label) > 0
             if not nodule.any() and not allow_empty:
                 prep.skip(label_path, "empty label: no nodule voxel")

@@ -9,21 +9,18 @@ COCO instance JSON (RLE masks), and registered as ``nuclei_synthetic_train`` / `
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Tuple
 
 import cv2
 import numpy as np
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json
-from pycocotools import mask as mask_util
 
 from ..utils.io import atomic_write_bytes, atomic_write_json
+from .coco import datasets_root, mask_to_annotation, register_coco_instances_lazy
 
 __all__ = ["SyntheticNucleiSpec", "render_image", "ensure_synthetic_nuclei",
-           "register_synthetic_nuclei", "datasets_root"]
+           "register_synthetic_nuclei"]
 
 GENERATOR_VERSION = 1
 
@@ -39,11 +36,6 @@ class SyntheticNucleiSpec:
     min_radius: float = 4.0
     max_radius: float = 11.0
     max_nuclei: int = 30
-
-
-def datasets_root() -> Path:
-    """Detectron2's convention: ``$DETECTRON2_DATASETS``, default ``./datasets``."""
-    return Path(os.environ.get("DETECTRON2_DATASETS", "datasets"))
 
 
 def _nucleus_mask(rng: np.random.Generator, size: int, center: Tuple[float, float],
@@ -110,14 +102,8 @@ def render_image(rng: np.random.Generator, spec: SyntheticNucleiSpec, he_style: 
 
 
 def _annotations(masks: List[np.ndarray], image_id: int, first_id: int) -> List[dict]:
-    annos = []
-    for k, mask in enumerate(masks):
-        rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-        rle["counts"] = rle["counts"].decode("ascii")
-        annos.append({"id": first_id + k, "image_id": image_id, "category_id": 1, "iscrowd": 0,
-                      "segmentation": rle, "area": float(mask_util.area(rle)),
-                      "bbox": [float(v) for v in mask_util.toBbox(rle)]})
-    return annos
+    return [{**mask_to_annotation(mask), "id": first_id + k, "image_id": image_id}
+            for k, mask in enumerate(masks)]
 
 
 def ensure_synthetic_nuclei(root: Path, spec: SyntheticNucleiSpec = SyntheticNucleiSpec()
@@ -152,19 +138,11 @@ def ensure_synthetic_nuclei(root: Path, spec: SyntheticNucleiSpec = SyntheticNuc
 
 
 def register_synthetic_nuclei(spec: SyntheticNucleiSpec = SyntheticNucleiSpec()) -> None:
-    """Register ``nuclei_synthetic_{train,val}``; data is generated on first use."""
+    """Register ``nuclei_synthetic_{train,val}``; the data is generated on first use."""
+    root = datasets_root() / "nuclei_synthetic"
     for split in ("train", "val"):
         name = f"nuclei_synthetic_{split}"
-        if name in DatasetCatalog.list():
-            continue
-        root = datasets_root() / "nuclei_synthetic"
         json_file = root / "annotations" / f"instances_{split}.json"
-
-        def load(name=name, json_file=json_file, root=root):
-            ensure_synthetic_nuclei(root, spec)
-            return load_coco_json(str(json_file), str(root / "images"), name)
-
-        DatasetCatalog.register(name, load)
-        MetadataCatalog.get(name).set(
-            json_file=str(json_file), image_root=str(root / "images"), evaluator_type="coco",
-            thing_classes=["nucleus"], nuclei=True)
+        register_coco_instances_lazy(name, json_file, root / "images",
+                                     metadata={"thing_classes": ["nucleus"], "nuclei": True},
+                                     prepare=lambda: ensure_synthetic_nuclei(root, spec))

@@ -36,6 +36,7 @@ from ..utils.io import atomic_write_stream, atomic_write_text
 
 __all__ = [
     "CorruptCheckpointError",
+    "MismatchedCheckpointError",
     "MissingCheckpointError",
     "SafeCheckpointer",
     "UnsafeCheckpointError",
@@ -57,6 +58,10 @@ class UnsafeCheckpointError(UserError):
 
 class MissingCheckpointError(UserError, FileNotFoundError):
     """A checkpoint or weights file that does not exist."""
+
+
+class MismatchedCheckpointError(UserError):
+    """A weights file none of whose entries fits the model."""
 
 
 class CorruptCheckpointError(UserError):
@@ -244,11 +249,23 @@ class SafeCheckpointer(DetectionCheckpointer):
             if not os.path.isfile(local_path):
                 raise MissingCheckpointError(f"checkpoint or weights file {path} does not exist")
             path = local_path
+        self._loading = path
         extra = super().load(path, checkpointables=checkpointables)
         rng_state = extra.pop(RNG_STATE_KEY, None)
         if rng_state is not None and checkpointables is None:
             restore_rng_state(rng_state)
         return extra
+
+    def _load_model(self, checkpoint: dict[str, Any]):
+        """Refuse weights that match none of the model's parameters (another architecture):
+        loading them would silently leave a randomly initialized model."""
+        incompatible = super()._load_model(checkpoint)
+        own = self.model.state_dict()
+        if own and len(set(incompatible.missing_keys) & set(own)) == len(own):
+            raise MismatchedCheckpointError(
+                f"weights file {getattr(self, '_loading', '?')} matches none of the model's "
+                f"{len(own)} parameters and buffers; is it for another architecture or config?")
+        return incompatible
 
     def _load_file(self, filename: str) -> dict[str, Any]:
         if filename.endswith(".pkl"):

@@ -51,7 +51,8 @@ class _FiniteLossCheck:
     """
 
     def _write_metrics(self, loss_dict, data_time, prefix=""):
-        bad = {k: float(v) for k, v in loss_dict.items() if not torch.isfinite(v).all()}
+        bad = {k: float(v.detach()) for k, v in loss_dict.items()
+               if not torch.isfinite(v).all()}
         if bad:
             raise NonFiniteLossError(
                 f"non-finite loss at iteration {self.iter}: "

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Union
 
-import cv2
 import numpy as np
 from detectron2.data import DatasetCatalog
 from detectron2.utils.colormap import colormap
@@ -28,6 +27,7 @@ from pycocotools import mask as mask_util
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ..data.image_io import UnreadableImageError, read_image_rgb
 from ..evaluation.nuclei import (
     evaluate_coco_results,
     image_metrics,
@@ -39,7 +39,7 @@ from .errors import UserError
 from .io import atomic_write_bytes
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "UnreadableImageError", "read_image_rgb", "draw_instance_masks",
+    "draw_instance_masks",
     "dataset_dict_rles", "format_scores_title", "save_side_by_side", "RenderedImage",
     "render_results_file", "render_dataset_predictions",
 ]
@@ -47,7 +47,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 # Beyond this many instances per panel, score labels would hide the nuclei they name.
 MAX_LABELED_INSTANCES = 30
 # Small images are enlarged so that the title (file name and five scores) fits above them.
@@ -58,42 +57,6 @@ FIGURE_DPI = 100
 
 
 # --------------------------------------------------------------------------- reading
-
-
-class UnreadableImageError(UserError):
-    """An image file that is missing, empty, corrupt or of an unsupported pixel type."""
-
-
-def read_image_rgb(path: PathLike) -> np.ndarray:
-    """Any PNG, JPEG or TIFF as 8-bit RGB (H, W, 3).
-
-    Alpha is dropped, grayscale is repeated over three channels, and 16-bit or float
-    images are stretched linearly from their minimum..maximum to 0..255, as the DSB2018
-    converter does for training images (microscopy cameras rarely fill the 16-bit range).
-    """
-    path = Path(path)
-    try:
-        data = np.fromfile(path, np.uint8)
-    except OSError as err:
-        raise UnreadableImageError(f"{path}: cannot be read ({err.strerror or err})") from None
-    if data.size == 0:
-        raise UnreadableImageError(f"{path}: file is empty")
-    pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if pixels is None:
-        raise UnreadableImageError(f"{path}: cannot be decoded as an image (corrupt, "
-                                   f"truncated or not one of {', '.join(IMAGE_EXTENSIONS)})")
-    if pixels.dtype in (np.uint16, np.float32, np.float64):
-        low, high = float(pixels.min()), float(pixels.max())
-        scale = 255.0 / (high - low) if high > low else 0.0
-        pixels = np.rint((pixels.astype(np.float64) - low) * scale).astype(np.uint8)
-    elif pixels.dtype != np.uint8:
-        raise UnreadableImageError(f"{path}: unsupported pixel type {pixels.dtype}")
-    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
-    conversions = {1: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}
-    if channels not in conversions:
-        raise UnreadableImageError(f"{path}: unsupported channel count {channels}")
-    return cv2.cvtColor(pixels.reshape(pixels.shape[:2]) if channels == 1 else pixels,
-                        conversions[channels])
 
 
 # --------------------------------------------------------------------------- drawing
@@ -243,9 +206,10 @@ def _render_each(items: Sequence[tuple[Any, str]], output_dir: Path,
 
 def render_results_file(gt_json: PathLike, results_json: PathLike, image_root: PathLike,
                         output_dir: PathLike, score_thresh: float = 0.5,
-                        max_images: int | None = None, progress: bool = True
-                        ) -> list[RenderedImage]:
-    """One comparison PNG per ground-truth image (the first ``max_images`` by id).
+                        max_images: int | None = None, progress: bool = True,
+                        file_names: Sequence[str] = ()) -> list[RenderedImage]:
+    """One comparison PNG per ground-truth image (the first ``max_images`` by id, or the
+    images named in ``file_names``).
 
     Scores are those of :func:`evaluate_coco_results` (what ``tools/eval_nuclei.py``
     reports per image), over the detections with ``score >= score_thresh``, which are also
@@ -253,7 +217,14 @@ def render_results_file(gt_json: PathLike, results_json: PathLike, image_root: P
     """
     coco_gt = load_coco_ground_truth(gt_json)
     results = load_coco_results(results_json)
-    image_ids = sorted(coco_gt.getImgIds())[:max_images]
+    image_ids = sorted(coco_gt.getImgIds())
+    if file_names:
+        by_name = {Path(coco_gt.imgs[i]["file_name"]).name: i for i in image_ids}
+        unknown = sorted(set(file_names) - set(by_name))
+        if unknown:
+            raise UserError(f"{gt_json}: has no image named {', '.join(unknown)}")
+        image_ids = sorted(by_name[name] for name in file_names)
+    image_ids = image_ids[:max_images]
     if not image_ids:
         raise UserError(f"{gt_json}: holds no images")
     evaluation = evaluate_coco_results(coco_gt, results, score_thresh=score_thresh,
@@ -270,7 +241,7 @@ def render_results_file(gt_json: PathLike, results_json: PathLike, image_root: P
         image = read_image_rgb(image_root / info["file_name"])
         if image.shape[:2] != (info["height"], info["width"]):
             raise UnreadableImageError(
-                f"{image_root / info['file_name']}: is {image.shape[1]}x{image.shape[0]} "
+                image_root / info["file_name"], f"is {image.shape[1]}x{image.shape[0]} "
                 f"(w x h) but {gt_json} says {info['width']}x{info['height']}")
         gt = [coco_gt.annToRLE(a) for a in coco_gt.imgToAnns[image_id] if not a.get("iscrowd")]
         found = detections[image_id]

@@ -1,0 +1,66 @@
+"""COCO instance data shared by every instance data set: where data sets live, how a
+binary mask becomes an annotation, and lazy registration with Detectron2's catalogs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+from pycocotools import mask as mask_util
+
+from ..utils.errors import UserError
+
+__all__ = ["datasets_root", "DatasetNotPreparedError", "mask_to_annotation",
+           "register_coco_instances_lazy"]
+
+PathLike = Union[str, os.PathLike]
+
+
+def datasets_root() -> Path:
+    """Detectron2's convention: ``$DETECTRON2_DATASETS``, default ``./datasets``."""
+    return Path(os.environ.get("DETECTRON2_DATASETS", "datasets"))
+
+
+class DatasetNotPreparedError(UserError, FileNotFoundError):
+    """A registered data set whose files have not been written yet; the message says how."""
+
+
+def mask_to_annotation(mask: np.ndarray, category_id: int = 1) -> dict:
+    """A COCO annotation (compressed RLE with a str ``counts``, bbox, area) of one mask."""
+    rle = mask_util.encode(np.asfortranarray(mask, dtype=np.uint8))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return {"category_id": category_id, "iscrowd": 0, "segmentation": rle,
+            "area": int(mask_util.area(rle)), "bbox": [float(v) for v in mask_util.toBbox(rle)]}
+
+
+def register_coco_instances_lazy(name: str, json_file: PathLike, image_root: PathLike,
+                                 metadata: Optional[dict] = None, missing_hint: str = "",
+                                 prepare: Optional[Callable[[], object]] = None) -> None:
+    """Register a COCO instance set whose files may not exist yet; safe to call again.
+
+    Nothing is read until ``DatasetCatalog.get(name)``, which first calls ``prepare`` (if
+    given: e.g. generate the files once); if ``json_file`` is missing then,
+    :class:`DatasetNotPreparedError` says which file and (``missing_hint``) how to make it.
+    Registering a name again replaces the earlier registration.
+    """
+    json_file, image_root = str(json_file), str(image_root)
+
+    def load() -> list:
+        if prepare is not None:
+            prepare()
+        if not os.path.isfile(json_file):
+            raise DatasetNotPreparedError(
+                f"data set {name!r} is not prepared: {os.path.abspath(json_file)} does not "
+                f"exist. {missing_hint}".rstrip())
+        return load_coco_json(json_file, image_root, name)
+
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    if name in MetadataCatalog.list():
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root,
+                                  evaluator_type="coco", **(metadata or {}))

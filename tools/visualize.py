@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Ground truth and prediction side by side, with each image's nuclei scores in the title.
+
+From a COCO results file (what tools/predict.py or Detectron2's COCOEvaluator writes):
+
+    python tools/visualize.py --pred out/coco_instances_results.json \\
+        --gt datasets/dsb2018/annotations/instances_val.json \\
+        --image-root datasets/dsb2018/images --output vis/
+
+or from a checkpoint on a registered data set:
+
+    python tools/visualize.py --config-file configs/mask_rcnn_pp.yaml \\
+        --weights output/mask_rcnn_pp/model_final.pth --dataset dsb2018_val --output vis/
+
+Scores (DSB mAP, AJI, Dice, IoU, F1@0.5) are those of maskrcnn_pp.evaluation.nuclei.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from maskrcnn_pp.engine.predictor import NucleiPredictor
+from maskrcnn_pp.engine.trainer import load_config
+from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
+from maskrcnn_pp.utils.visualization import render_dataset_predictions, render_results_file
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Config overrides (KEY VALUE ...) may follow the options (checkpoint mode).")
+    results = parser.add_argument_group("from a COCO results file")
+    results.add_argument("--pred", metavar="RESULTS.json", help="COCO results (detections)")
+    results.add_argument("--gt", metavar="GT.json", help="COCO instances (ground truth)")
+    results.add_argument("--image-root", metavar="DIR", help="folder of the GT's file_names")
+    results.add_argument("--images", nargs="+", default=(), metavar="FILE_NAME",
+                         help="only these images (file names as in the GT)")
+    model = parser.add_argument_group("from a checkpoint")
+    model.add_argument("--config-file", metavar="FILE")
+    model.add_argument("--weights", metavar="FILE")
+    model.add_argument("--dataset", metavar="NAME", help="a registered data set, e.g. "
+                                                         "nuclei_synthetic_val")
+    model.add_argument("--tile-size", type=int, metavar="N")
+    model.add_argument("--tile-overlap", type=int, metavar="N")
+    model.add_argument("--allow-unsafe-pickle", action="store_true",
+                       help="allow weights that need full unpickling: this can run "
+                            "arbitrary code, use trusted files only")
+    parser.add_argument("--output", required=True, metavar="DIR")
+    parser.add_argument("--max-images", type=int, metavar="N", help="at most N images")
+    parser.add_argument("--score-thresh", type=float, default=0.5,
+                        help="draw and score detections with at least this score; default 0.5")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                        help="config overrides (checkpoint mode)")
+    return parser.parse_args(argv)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(format="%(levelname)s: %(message)s")
+    if args.max_images is not None and args.max_images < 1:
+        raise UserError(f"--max-images must be at least 1, got {args.max_images}")
+    if args.opts and not args.config_file:
+        raise UserError(f"config overrides {' '.join(args.opts)} need --config-file")
+    from_results = [args.pred, args.gt, args.image_root]
+    from_model = [args.config_file, args.weights, args.dataset]
+    if all(from_results) and not any(from_model):
+        rendered = render_results_file(args.gt, args.pred, args.image_root, args.output,
+                                       score_thresh=args.score_thresh,
+                                       max_images=args.max_images, file_names=args.images)
+    elif all(from_model) and not any(from_results):
+        cfg = load_config(args.config_file, args.opts)
+        predictor = NucleiPredictor.from_config(
+            cfg, args.weights, allow_unsafe_pickle=args.allow_unsafe_pickle,
+            score_thresh=args.score_thresh, tile_size=args.tile_size,
+            tile_overlap=args.tile_overlap)
+        rendered = render_dataset_predictions(predictor, args.dataset, args.output,
+                                              max_images=args.max_images)
+    else:
+        raise UserError("give either --pred, --gt and --image-root, or --config-file, "
+                        "--weights and --dataset")
+    print(f"{len(rendered)} pictures: {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,8 +2,8 @@
 """Install Detectron2 into the running Python from PyPI, where GitHub cannot be reached.
 
 Detectron2 is not published on PyPI. The sdist ``pb1-detectron2==0.6`` is upstream
-detectron2 v0.6 renamed, but it cannot be installed as it is (see
-``docs/detectron2-install.md``): it declares a C++ extension whose sources it lacks, packages
+detectron2 v0.6 renamed, but it cannot be installed as it is (README, "How Detectron2 is
+installed"): it declares a C++ extension whose sources it lacks, packages
 no model-zoo YAMLs, imports ``detectron2._C`` unconditionally, and uses names removed
 from current Pillow, setuptools and numpy. This script downloads that sdist, checks its
 sha256, applies the exact edits below (failing loudly if any no longer matches) and

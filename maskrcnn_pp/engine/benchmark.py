@@ -8,11 +8,12 @@ growth during training steps; CUDA: ``max_memory_allocated``).
 from __future__ import annotations
 
 import copy
+import importlib.util
 import multiprocessing as mp
-import resource
 import statistics
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -70,136 +71,175 @@ def _nuclei_batch(size: int, batch: int, device: str) -> List[dict]:
     return inputs
 
 
-def _mask_rcnn(config_file: str, size: int, batch: int, device: str) -> Callable:
-    def build() -> BuiltCandidate:
-        from detectron2.utils.analysis import FlopCountAnalysis
+def _build_mask_rcnn(config_file: str, size: int, batch: int, device: str,
+                     flops: bool = True) -> BuiltCandidate:
+    """Module-level (not a closure) so the peak-memory process can be spawned with it."""
+    from fvcore.nn import FlopCountAnalysis
 
-        torch.manual_seed(0)
-        cfg = load_config(config_file, ["MODEL.DEVICE", device])
-        model = build_model(cfg)
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-        inputs = _nuclei_batch(size, batch, device)
-        test_inputs = [{k: v for k, v in d.items() if k != "instances"} for d in inputs[:1]]
+    torch.manual_seed(0)
+    cfg = load_config(config_file, ["MODEL.DEVICE", device])
+    model = build_model(cfg)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    inputs = _nuclei_batch(size, batch, device)
+    test_inputs = [{k: v for k, v in d.items() if k != "instances"} for d in inputs[:1]]
 
-        def train_step():
-            model.train()
-            with EventStorage():
-                losses = model(copy.copy(inputs))
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            optimizer.step()
+    def train_step():
+        model.train()
+        with EventStorage():
+            losses = model(copy.copy(inputs))
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
 
-        def infer():
-            model.eval()
-            with torch.no_grad():
-                model(test_inputs)
-
+    def infer():
         model.eval()
-        flops = FlopCountAnalysis(model, test_inputs)
-        flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        return BuiltCandidate(model, train_step, infer,
-                              sum(p.numel() for p in model.parameters()), flops.total())
-    return build
+        with torch.no_grad():
+            model(test_inputs)
+
+    class _Traceable(torch.nn.Module):
+        """Tensors in, tensors out, so fvcore can trace one inference."""
+
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, image):
+            inst = self.net([{"image": image}])[0]["instances"]
+            return inst.pred_boxes.tensor, inst.scores, inst.pred_masks
+
+    total = None
+    if flops:
+        model.eval()
+        with torch.no_grad():
+            analysis = FlopCountAnalysis(_Traceable(), (test_inputs[0]["image"],))
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            total = analysis.total()
+    return BuiltCandidate(model, train_step, infer,
+                          sum(p.numel() for p in model.parameters()), total)
 
 
 def mask_rcnn_group(pp_config: str, baseline_config: str, size: int = 256, batch: int = 2,
                     device: str = "cpu") -> List[Candidate]:
-    return [Candidate("Mask R-CNN (baseline)", _mask_rcnn(baseline_config, size, batch, device),
+    return [Candidate("Mask R-CNN (baseline)",
+                      partial(_build_mask_rcnn, baseline_config, size, batch, device),
                       reference=True),
-            Candidate("Mask R-CNN++", _mask_rcnn(pp_config, size, batch, device))]
+            Candidate("Mask R-CNN++", partial(_build_mask_rcnn, pp_config, size, batch, device))]
 
 
-def _semantic(make: Callable[[], torch.nn.Module], level: Optional[int], size: int, batch: int,
-              device: str, dims: int = 2) -> Callable:
-    def build() -> BuiltCandidate:
-        from fvcore.nn import FlopCountAnalysis
+def _build_semantic(make: Callable[[], torch.nn.Module], level: Optional[int], size: int,
+                    batch: int, device: str, dims: int = 2, flops: bool = True
+                    ) -> BuiltCandidate:
+    from fvcore.nn import FlopCountAnalysis
 
-        torch.manual_seed(0)
-        model = make().to(device)
-        shape = (batch, 1) + (size,) * dims
-        x = torch.randn(shape, device=device)
-        y = (torch.rand((batch,) + (size,) * dims, device=device) > 0.5).long()
-        optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
+    torch.manual_seed(0)
+    model = make().to(device)
+    shape = (batch, 1) + (size,) * dims
+    x = torch.randn(shape, device=device)
+    y = (torch.rand((batch,) + (size,) * dims, device=device) > 0.5).long()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
 
-        def outputs(inp):
-            if hasattr(model, "predict"):
-                return model(inp)
-            out = model(inp)  # MONAI returns a list with deep supervision, else a tensor
-            return out if isinstance(out, (list, tuple)) else [out]
+    def outputs(inp):
+        if hasattr(model, "predict"):
+            return model(inp)
+        out = model(inp)  # MONAI returns a list with deep supervision, else a tensor
+        return out if isinstance(out, (list, tuple)) else [out]
 
-        def train_step():
-            model.train()
-            losses = deep_supervision_losses(outputs(x), y)
-            optimizer.zero_grad()
-            sum(losses.values()).backward()
-            optimizer.step()
+    def train_step():
+        model.train()
+        losses = deep_supervision_losses(outputs(x), y)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
 
-        def predict(inp):
-            if hasattr(model, "predict"):
-                return model.predict(inp, level)
-            return torch.sigmoid(outputs(inp)[-1])
+    def predict(inp):
+        if hasattr(model, "predict"):
+            return model.predict(inp, level)
+        return torch.sigmoid(outputs(inp)[-1])
 
-        def infer():
-            model.eval()
-            with torch.no_grad():
-                predict(x)
-
-        class _Predict(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.net = model
-
-            def forward(self, inp):
-                return predict(inp)
-
+    def infer():
         model.eval()
-        flops = FlopCountAnalysis(_Predict(), (x[:1],))
-        flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        params = (model.parameter_count(level) if hasattr(model, "parameter_count")
-                  else sum(p.numel() for p in model.parameters()))
-        return BuiltCandidate(model, train_step, infer, params, flops.total())
-    return build
+        with torch.no_grad():
+            predict(x)
+
+    class _Predict(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, inp):
+            return predict(inp)
+
+    total = None
+    if flops:
+        model.eval()
+        analysis = FlopCountAnalysis(_Predict(), (x[:1],))
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        total = analysis.total()
+    params = (model.parameter_count(level) if hasattr(model, "parameter_count")
+              else sum(p.numel() for p in model.parameters()))
+    return BuiltCandidate(model, train_step, infer, params, total)
+
+
+def _wide_unet() -> torch.nn.Module:
+    from ..modeling.semantic import WIDE_UNET_WIDTHS
+
+    return UNet(widths=WIDE_UNET_WIDTHS)
+
+
+def _monai_unetpp() -> torch.nn.Module:
+    """MONAI's BasicUNetPlusPlus at UNet++'s widths (32..512), deep supervision on."""
+    from monai.networks.nets import BasicUNetPlusPlus
+
+    return BasicUNetPlusPlus(spatial_dims=2, in_channels=1, out_channels=1,
+                             features=(32, 64, 128, 256, 512, 32), deep_supervision=True)
 
 
 def semantic_group(size: int = 96, batch: int = 8, device: str = "cpu",
                    with_monai: bool = True) -> List[Candidate]:
     """UNet++ (accurate and L1..L4), U-Net, wide U-Net, and MONAI's BasicUNetPlusPlus."""
-    from ..modeling.semantic import WIDE_UNET_WIDTHS
+    def semantic(make, level):
+        return partial(_build_semantic, make, level, size, batch, device)
 
-    cands = [Candidate("UNet++ L4 (fast mode)", _semantic(UNetPlusPlus, 4, size, batch, device),
-                       reference=True)]
-    cands += [Candidate(f"UNet++ L{j} (fast mode)", _semantic(UNetPlusPlus, j, size, batch, device))
+    cands = [Candidate("UNet++ L4 (fast mode)", semantic(UNetPlusPlus, 4), reference=True)]
+    cands += [Candidate(f"UNet++ L{j} (fast mode)", semantic(UNetPlusPlus, j))
               for j in (3, 2, 1)]
-    cands += [Candidate("UNet++ accurate (mean of 4)",
-                        _semantic(UNetPlusPlus, None, size, batch, device)),
-              Candidate("U-Net", _semantic(UNet, None, size, batch, device)),
-              Candidate("wide U-Net", _semantic(lambda: UNet(widths=WIDE_UNET_WIDTHS), None,
-                                                size, batch, device))]
-    if with_monai:
-        try:
-            from monai.networks.nets import BasicUNetPlusPlus
-        except ImportError:
-            return cands
-        cands.append(Candidate("MONAI BasicUNetPlusPlus", _semantic(
-            lambda: BasicUNetPlusPlus(spatial_dims=2, in_channels=1, out_channels=1,
-                                      features=(32, 64, 128, 256, 512, 32),
-                                      deep_supervision=True), None, size, batch, device)))
+    cands += [Candidate("UNet++ accurate (mean of 4)", semantic(UNetPlusPlus, None)),
+              Candidate("U-Net", semantic(UNet, None)),
+              Candidate("wide U-Net", semantic(_wide_unet, None))]
+    if with_monai and importlib.util.find_spec("monai") is not None:
+        cands.append(Candidate("MONAI BasicUNetPlusPlus (same widths)",
+                               semantic(_monai_unetpp, None)))
     return cands
 
 
+def _status_kib(field_name: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise KeyError(field_name)
+
+
 def _peak_memory_worker(build: Callable, device: str, steps: int, queue) -> None:
-    torch.set_num_threads(torch.get_num_threads())
-    built = build()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """Peak memory growth over the training steps (CPU: peak RSS above the RSS before).
+
+    The RSS high-water mark is reset first (``/proc/self/clear_refs``): a spawned process
+    inherits its parent's, which after the timing rounds is far above its own.
+    """
+    built = build(flops=False)  # tracing would raise the peak before the steps run
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+    else:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        before = _status_kib("VmRSS")
     for _ in range(steps):
         built.train_step()
     _sync(device)
     if device.startswith("cuda"):
         queue.put(torch.cuda.max_memory_allocated() / 2**20)
     else:
-        queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+        queue.put((_status_kib("VmHWM") - before) / 1024)
 
 
 def peak_train_memory_mib(candidate: Candidate, device: str, steps: int = 2) -> float:

@@ -32,7 +32,7 @@ test: setup
 	$(PY) -m pytest
 
 demo: setup
-	$(PY) tools/demo.py --output output/demo
+	$(PY) tools/demo.py --output output/demo $(ARGS)
 
 lint: setup
 	$(PY) -m ruff check .

@@ -1,8 +1,8 @@
-"""Data sets (registered lazily with DatasetCatalog), readers and mappers."""
+"""Data sets, registered lazily with Detectron2's DatasetCatalog at import; readers, mappers."""
+from .dsb2018 import register_dsb2018
+from .semantic import register_semantic_datasets
 from .synthetic import register_synthetic_nuclei
 
-register_synthetic_nuclei()
-from .semantic import register_semantic_datasets  # noqa: E402
-
+register_dsb2018()
 register_semantic_datasets()
-from .dsb2018 import register_dsb2018  # noqa: E402, F401  (registers dsb2018_train / _val)
+register_synthetic_nuclei()

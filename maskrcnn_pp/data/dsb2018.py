@@ -319,6 +319,3 @@ def register_dsb2018(root: PathLike | None = None) -> None:
             root / "images", metadata={"thing_classes": [NUCLEUS_CATEGORY["name"]],
                                        "nuclei": True},
             missing_hint=hint)
-
-
-register_dsb2018()

@@ -2,7 +2,6 @@
 import io
 import json
 import os
-import runpy
 import subprocess
 import sys
 import tarfile
@@ -35,7 +34,7 @@ from maskrcnn_pp.engine.predictor import (
 from maskrcnn_pp.engine.trainer import load_config
 from maskrcnn_pp.evaluation.nuclei import coco_from_dict, evaluate_coco_results, to_rles
 from maskrcnn_pp.utils.errors import UserError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_script_main
 
 QUICK_PP = str(ROOT / "configs" / "quick_schedules" / "mask_rcnn_pp_synthetic.yaml")
 PREDICT = str(ROOT / "tools" / "predict.py")
@@ -400,13 +399,8 @@ def run_predict(*args):
 
 def predict_in_process(capsys, *args):
     """tools/predict.py's main() here (fast); returns (exit code, stderr)."""
-    main = runpy.run_path(PREDICT)["main"]
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exit:
-        code = exit.code
-    return code, capsys.readouterr().err
+    code, captured = run_script_main(PREDICT, capsys, *args)
+    return code, captured.err
 
 
 def test_end_to_end_with_a_real_model_skips_corrupt_images(tmp_path, tiny_weights):

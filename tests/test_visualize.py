@@ -2,7 +2,6 @@
 import json
 import os
 import re
-import runpy
 
 import cv2
 import numpy as np
@@ -24,7 +23,7 @@ from maskrcnn_pp.utils.visualization import (
     dataset_dict_rles,
     render_results_file,
 )
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_script_main
 
 QUICK_PP = str(ROOT / "configs" / "quick_schedules" / "mask_rcnn_pp_synthetic.yaml")
 VISUALIZE = str(ROOT / "tools" / "visualize.py")
@@ -127,13 +126,7 @@ def test_named_images_only_and_unknown_names_are_errors(results_case, tmp_path):
 
 
 def visualize_in_process(capsys, *args):
-    main = runpy.run_path(VISUALIZE)["main"]
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exit:
-        code = exit.code
-    return code, capsys.readouterr()
+    return run_script_main(VISUALIZE, capsys, *args)
 
 
 def test_cli_from_results_file_and_its_errors(results_case, tmp_path, capsys, caplog):

@@ -19,7 +19,8 @@ from maskrcnn_pp.utils.errors import exit_on_user_error
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", required=True,
-                        help="folder searched (at any depth) for volume-N / segmentation-N")
+                        help="folder or archive (.zip, .tar.gz) searched at any depth for "
+                             "volume-N / segmentation-N")
     parser.add_argument("--output", default=str(datasets_root()),
                         help="data sets root (default $DETECTRON2_DATASETS or ./datasets)")
     parser.add_argument("--size", type=int, default=512, help="output side (default 512)")

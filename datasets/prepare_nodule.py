@@ -18,7 +18,8 @@ from maskrcnn_pp.utils.errors import exit_on_user_error
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", required=True,
-                        help="folder holding images/ (CT in HU) and labels/ with equal names")
+                        help="folder or archive holding images/ (CT in HU) and labels/ with "
+                             "equal names")
     parser.add_argument("--output", default=str(datasets_root()),
                         help="data sets root (default $DETECTRON2_DATASETS or ./datasets)")
     parser.add_argument("--size", type=int, default=64, help="output cube side (default 64)")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Resize Kvasir-SEG or CVC-ClinicDB (``images/``, ``masks/``) to 224x224 image/label PNGs.
 
-    python datasets/prepare_polyp.py --name kvasir --source Kvasir-SEG [--output datasets]
+    python datasets/prepare_polyp.py --name kvasir --source kvasir-seg.zip [--output datasets]
 
 Writes ``OUTPUT/polyp_<name>/{train,val}/{images,labels}`` and ``report.json`` (registered
 as ``polyp_<name>_train`` / ``_val``). See ``maskrcnn_pp.data.semantic.prepare_polyp``.
@@ -18,8 +18,8 @@ from maskrcnn_pp.utils.errors import exit_on_user_error
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", required=True,
-                        help="folder holding images/ and masks/ (JPEG masks are thresholded "
-                             "at 127)")
+                        help="folder or archive (.zip, .tar.gz, as downloaded) holding images/ "
+                             "and masks/ (JPEG masks are thresholded at 127)")
     parser.add_argument("--name", required=True, choices=("kvasir", "clinicdb"),
                         help="which data set (CVC-ClinicDB is split by video sequence)")
     parser.add_argument("--output", default=str(datasets_root()),

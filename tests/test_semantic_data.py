@@ -245,6 +245,31 @@ def test_kvasir_resized_and_thresholded(tmp_path, kvasir_root):
         assert abs(label.mean() - source_mask.mean()) < 0.01
 
 
+def test_polyp_from_the_released_archive_names_files_inside_it(tmp_path, kvasir_root):
+    stems = sorted(p.stem for p in (kvasir_root / "images").glob("*.jpg"))[:4]
+    source = _polyp_subset(kvasir_root, stems, tmp_path / "Kvasir-SEG")
+    (source / "masks" / f"{stems[1]}.jpg").write_bytes(b"not a jpeg")
+    archive = tmp_path / "kvasir-seg.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source, arcname="Kvasir-SEG")
+    report = prepare_polyp(archive, tmp_path / "out", name="kvasir", size=32, val_fraction=0)
+    assert report["samples"] == {"train": 3, "val": 0}
+    assert report["skipped"] == [{"file": f"{archive}:Kvasir-SEG/masks/{stems[1]}.jpg",
+                                  "reason": "not a readable image"}]
+
+
+def test_polyp_source_layout_errors_are_named(tmp_path):
+    for name in ("a", "b"):
+        for kind in ("images", "masks"):
+            (tmp_path / "two" / name / kind).mkdir(parents=True)
+    with pytest.raises(UserError, match=r"several folders hold images/ and masks/ \(.*a, .*b\)"):
+        prepare_polyp(tmp_path / "two", tmp_path / "out")
+    (tmp_path / "none" / "images").mkdir(parents=True)
+    with pytest.raises(UserError, match="expected the folders images/ and masks/"):
+        prepare_polyp(tmp_path / "none", tmp_path / "out")
+    assert not (tmp_path / "out" / "polyp_kvasir").exists()
+
+
 def test_clinicdb_split_by_video_sequence(tmp_path, clinicdb_root):
     # Frames 20..30 span sequences 1 (1-25) and 2 (26-50); 60..62 are sequence 3 (51-67).
     stems = [str(n) for n in [*range(20, 31), 60, 61, 62]]
@@ -331,8 +356,8 @@ def test_prepare_cli_user_error_exits_2_with_one_line(tmp_path):
         capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        f"error: source {tmp_path / 'missing'} does not exist (expected a folder of LiTS "
-        "volume-N / segmentation-N NIfTI files)"]
+        f"error: source {tmp_path / 'missing'} does not exist (expected a folder or archive "
+        "of LiTS volume-N / segmentation-N NIfTI files)"]
 
 
 def test_prepare_cli_nothing_usable_exits_2(tmp_path, capsys):

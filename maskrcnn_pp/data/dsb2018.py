@@ -9,14 +9,9 @@ are registered at import and read only when used.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import tarfile
-import tempfile
-import zipfile
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Union
@@ -34,11 +29,12 @@ from .coco import (
     register_coco_instances_lazy,
 )
 from .image_io import UnreadableImageError, decode_image_file, read_image_rgb
+from .sources import display_name, source_root
 
 __all__ = [
     "NUCLEUS_CATEGORY", "ConversionReport", "Problem", "convert_dsb2018",
     "find_sample_folders", "register_dsb2018", "prepare_command", "read_image_bgr8",
-    "read_mask", "SampleProblem", "source_root", "split_val_ids",
+    "read_mask", "SampleProblem", "split_val_ids",
 ]
 
 logger = logging.getLogger(__name__)
@@ -183,34 +179,9 @@ def find_sample_folders(root: PathLike) -> list[Path]:
     return sorted(found, key=lambda p: (p.name, str(p)))
 
 
-@contextlib.contextmanager
-def source_root(src: Path) -> Iterator[Path]:
-    """The folder to search: ``src`` itself, or an archive extracted to a temporary folder."""
-    if src.is_dir():
-        yield src
-        return
-    if not src.is_file():
-        raise UserError(f"source {src} does not exist")
-    with tempfile.TemporaryDirectory(prefix="dsb2018_") as tmp:
-        try:
-            if zipfile.is_zipfile(src):
-                with zipfile.ZipFile(src) as archive:
-                    archive.extractall(tmp)
-            else:
-                with tarfile.open(src) as archive:
-                    archive.extractall(tmp, filter="data")
-        except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError,
-                ValueError) as err:
-            raise UserError(f"cannot read archive {src}: {err or type(err).__name__} "
-                            "(expected a folder, .zip, .tar.gz or .tar)") from err
-        yield Path(tmp)
-
-
 def _record(report: ConversionReport, root: Path, problem: SampleProblem) -> None:
     """Log and keep a problem; files inside an archive are named ``ARCHIVE:member/path``."""
-    source = Path(report.source)
-    name = (str(problem.path) if root == source
-            else f"{source}:{problem.path.relative_to(root).as_posix()}")
+    name = display_name(problem.path, root, Path(report.source))
     report.problems.append(Problem(file=name, kind=problem.kind, reason=problem.reason))
     action = "ignored" if problem.kind == "empty_mask" else "skipped"
     logger.warning("%s %s: %s", action, name, problem.reason)

@@ -44,9 +44,9 @@ from .dsb2018 import (
     find_sample_folders,
     read_image_bgr8,
     read_mask,
-    source_root,
     split_val_ids,
 )
+from .sources import display_name, source_root
 
 __all__ = [
     "SemanticDataError", "SemanticDatasetInfo", "SEMANTIC_DATASETS",
@@ -180,11 +180,12 @@ class _Preparation:
     """
 
     def __init__(self, output_root: Path | None, folder: str, source: Path, *,
-                 val_fraction: float, seed: int, **settings):
+                 extracted_to: Path, val_fraction: float, seed: int, **settings):
         if not 0 <= val_fraction < 1:
             raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.root = Path(output_root) if output_root is not None else datasets_root()
         self.folder = folder
+        self.source, self.extracted_to = Path(source), Path(extracted_to)
         self.val_fraction, self.seed = val_fraction, seed
         self.sources_used = 0
         self.groups: dict[str, list[str]] = {}
@@ -215,10 +216,21 @@ class _Preparation:
             shutil.rmtree(self.staging, ignore_errors=True)
 
     def skip(self, file: Path, reason: str) -> None:
-        self.report["skipped"].append({"file": str(file), "reason": reason})
+        self.report["skipped"].append({"file": self._name(file), "reason": reason})
 
     def warn(self, file: Path, reason: str) -> None:
-        self.report["warnings"].append({"file": str(file), "reason": reason})
+        self.report["warnings"].append({"file": self._name(file), "reason": reason})
+
+    def read(self, reader: Callable[[Path], np.ndarray], file: Path) -> np.ndarray | None:
+        """``reader(file)``, or None after reporting the file as unreadable."""
+        try:
+            return reader(file)
+        except SemanticDataError:
+            self.skip(file, "not a readable image")
+            return None
+
+    def _name(self, file: Path) -> str:
+        return display_name(file, self.extracted_to, self.source)
 
     def path(self, kind: str, name: str) -> Path:
         """Where to write sample ``name`` (``kind`` "images" or "labels") before the split."""
@@ -251,6 +263,26 @@ def _check_source(source: Path, what: str) -> Path:
     if not source.exists():
         raise UserError(f"source {source} does not exist (expected {what})")
     return source
+
+
+def _folder_with(root: Path, source: Path, *names: str) -> Path:
+    """The one folder at or under ``root`` that holds all the sub-folders ``names``
+    (an archive usually wraps the data set in a top folder such as ``Kvasir-SEG/``)."""
+    def holds(folder: Path) -> bool:
+        return all((folder / n).is_dir() for n in names)
+
+    if holds(root):
+        return root
+    found = sorted({d.parent for d in root.rglob(names[0]) if d.is_dir() and holds(d.parent)})
+    wanted = " and ".join(f"{n}/" for n in names)
+    if not found:
+        raise UserError(f"{source}: expected the folders {wanted} (at its top or in one "
+                        "sub-folder)")
+    if len(found) > 1:
+        places = ", ".join(display_name(f, root, source) for f in found[:4])
+        raise UserError(f"{source}: several folders hold {wanted} ({places}); point "
+                        "--source at one of them")
+    return found[0]
 
 
 # ---------------------------------------------------------------- nuclei (DSB2018)
@@ -305,7 +337,8 @@ def prepare_nuclei_patches(source: Path, output_root: Path | None = None, *,
     if patch_size < 1 or stride < 1:
         raise UserError(f"patch size and stride must be positive, got {patch_size}, {stride}")
     with source_root(source) as dsb, _Preparation(
-            output_root, "nuclei_patches", source, val_fraction=val_fraction, seed=seed,
+            output_root, "nuclei_patches", source, extracted_to=dsb,
+            val_fraction=val_fraction, seed=seed,
             patch_size=patch_size, stride=stride) as prep:
         for folder in find_sample_folders(dsb):
             loaded = _nuclei_union(folder, prep)
@@ -340,29 +373,31 @@ def prepare_polyp(source: Path, output_root: Path | None = None, *, name: str = 
                   size: int = 224, val_fraction: float = 0.2, seed: int = 0) -> dict:
     """Kvasir-SEG or CVC-ClinicDB (``images/``, ``masks/``) to ``size`` x ``size`` PNGs.
 
+    ``source`` is the folder or its archive as downloaded (.zip, .tar.gz), with
+    ``images/`` and ``masks/`` at its top or in one sub-folder (``Kvasir-SEG/``).
+
     Masks are thresholded at 127 (they are JPEG in both releases), after resizing the gray
     mask, which keeps the border where the JPEG put it. Frames without any polyp pixel are
     skipped and reported. CVC-ClinicDB is split by video sequence, Kvasir-SEG by frame.
     """
     if name not in ("kvasir", "clinicdb"):
         raise UserError(f"--name must be 'kvasir' or 'clinicdb', got {name!r}")
-    source = _check_source(source, "a folder with images/ and masks/")
-    image_dir, mask_dir = source / "images", source / "masks"
-    if not image_dir.is_dir() or not mask_dir.is_dir():
-        raise UserError(f"{source}: expected the folders images/ and masks/")
-    masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    with _Preparation(output_root, f"polyp_{name}", source, val_fraction=val_fraction,
-                      seed=seed, size=size) as prep:
+    source = _check_source(source, "a folder or archive with images/ and masks/")
+    with source_root(source) as root, _Preparation(
+            output_root, f"polyp_{name}", source, extracted_to=root,
+            val_fraction=val_fraction, seed=seed, size=size) as prep:
+        folder = _folder_with(root, source, "images", "masks")
+        image_dir, mask_dir = folder / "images", folder / "masks"
+        masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         for image_path in images:
             mask_path = masks.get(image_path.stem)
             if mask_path is None:
                 prep.skip(image_path, "no mask with the same name in masks/")
                 continue
-            try:
-                image, mask = _read_bgr(image_path), _read_gray(mask_path)
-            except SemanticDataError as err:
-                prep.skip(image_path, str(err))
+            image = prep.read(_read_bgr, image_path)
+            mask = None if image is None else prep.read(_read_gray, mask_path)
+            if mask is None:
                 continue
             if image.shape[:2] != mask.shape:
                 prep.skip(image_path, f"image {image.shape[1]}x{image.shape[0]} and mask "
@@ -428,11 +463,13 @@ def prepare_liver(source: Path, output_root: Path | None = None, *, size: int = 
     liver are kept unless ``keep_empty_slices``. Slices are named ``volume-N_zNNNN.png``;
     the split is by CT scan.
     """
-    source = _check_source(source, "a folder of LiTS volume-N / segmentation-N NIfTI files")
-    with _Preparation(output_root, "liver", source, val_fraction=val_fraction, seed=seed,
-                      size=size, window=list(window),
-                      keep_empty_slices=keep_empty_slices) as prep:
-        for number, volume_path, segmentation_path in _lits_pairs(source, prep):
+    source = _check_source(source, "a folder or archive of LiTS volume-N / segmentation-N "
+                                   "NIfTI files")
+    with source_root(source) as root, _Preparation(
+            output_root, "liver", source, extracted_to=root, val_fraction=val_fraction,
+            seed=seed, size=size, window=list(window),
+            keep_empty_slices=keep_empty_slices) as prep:
+        for number, volume_path, segmentation_path in _lits_pairs(root, prep):
             pair = _read_nifti_pair(volume_path, segmentation_path, prep)
             if pair is None:
                 continue
@@ -486,13 +523,14 @@ def prepare_nodule(source: Path, output_root: Path | None = None, *, size: int =
     low end: air with the default window). A crop whose label has no nodule voxel is
     skipped and reported unless ``allow_empty``. The split is by crop.
     """
-    source = _check_source(source, "a folder with images/ and labels/ NIfTI crops")
-    image_dir, label_dir = source / "images", source / "labels"
-    if not image_dir.is_dir() or not label_dir.is_dir():
-        raise UserError(f"{source}: expected the folders images/ and labels/")
-    labels = {_stem(p): p for p in label_dir.iterdir() if _is_nifti(p)}
-    with _Preparation(output_root, "nodule", source, val_fraction=val_fraction, seed=seed,
-                      size=size, window=list(window), allow_empty=allow_empty) as prep:
+    source = _check_source(source, "a folder or archive with images/ and labels/ NIfTI "
+                                   "crops")
+    with source_root(source) as root, _Preparation(
+            output_root, "nodule", source, extracted_to=root, val_fraction=val_fraction,
+            seed=seed, size=size, window=list(window), allow_empty=allow_empty) as prep:
+        folder = _folder_with(root, source, "images", "labels")
+        image_dir, label_dir = folder / "images", folder / "labels"
+        labels = {_stem(p): p for p in label_dir.iterdir() if _is_nifti(p)}
         for image_path in sorted(p for p in image_dir.iterdir() if _is_nifti(p)):
             label_path = labels.get(_stem(image_path))
             if label_path is None:

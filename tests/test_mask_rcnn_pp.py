@@ -115,11 +115,11 @@ def test_one_training_iteration_and_inference(name):
     assert len(inst) <= cfg.TEST.DETECTIONS_PER_IMAGE
 
 
-def _flatten(node, prefix=""):
+def flatten_config(node, prefix=""):
     items = {}
     for key, value in node.items():
         if hasattr(value, "items"):
-            items.update(_flatten(value, f"{prefix}{key}."))
+            items.update(flatten_config(value, f"{prefix}{key}."))
         else:
             items[f"{prefix}{key}"] = value
     return items
@@ -128,9 +128,10 @@ def _flatten(node, prefix=""):
 @pytest.mark.parametrize("pair", [("mask_rcnn_pp", "mask_rcnn_baseline"),
                                   ("mask_rcnn_pp_imagenet", "mask_rcnn_baseline_imagenet"),
                                   ("quick_schedules/mask_rcnn_pp_synthetic",
-                                   "quick_schedules/mask_rcnn_baseline_synthetic")])
+                                   "quick_schedules/mask_rcnn_baseline_synthetic"),
+                                  ("cpu_study/mask_rcnn_pp", "cpu_study/mask_rcnn_baseline")])
 def test_configs_differ_only_in_backbone_and_mask_head(pair):
-    pp, base = (_flatten(load_config(str(ROOT / "configs" / f"{n}.yaml"))) for n in pair)
+    pp, base = (flatten_config(load_config(str(ROOT / "configs" / f"{n}.yaml"))) for n in pair)
     differing = {k for k in pp if pp[k] != base[k]}
     assert differing == {"MODEL.BACKBONE.NAME", "MODEL.ROI_MASK_HEAD.NAME", "OUTPUT_DIR"}
 

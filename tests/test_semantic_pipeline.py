@@ -14,6 +14,7 @@ from detectron2.config import get_cfg
 from detectron2.engine import SimpleTrainer
 from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
+from test_mask_rcnn_pp import flatten_config
 from test_semantic_data import liver_phantom, nodule_phantom, write_lits, write_nodule
 
 from maskrcnn_pp.config import add_maskrcnn_pp_config
@@ -24,8 +25,9 @@ from maskrcnn_pp.data.semantic import (
     prepare_nodule,
 )
 from maskrcnn_pp.engine.optim import build_optimizer
+from maskrcnn_pp.engine.trainer import load_config
 from maskrcnn_pp.evaluation.semantic import SemanticEvaluator, overlap_scores
-from maskrcnn_pp.modeling.semantic_arch import SemanticUNetPP
+from maskrcnn_pp.modeling.semantic_arch import SemanticUNetPP, build_semantic_net
 from maskrcnn_pp.utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,6 +75,34 @@ def test_config_defaults_are_the_papers():
             assert cfg.MODEL.SEMANTIC.ARCH == ("unetpp" if arch == "unetpp" else "unet")
             assert cfg.MODEL.SEMANTIC.DIMS == (3 if task == "nodule" else 2)
             assert cfg.OUTPUT_DIR.endswith(f"{task}_{arch}")
+
+
+@pytest.mark.parametrize("task", ["nuclei", "polyp"])
+def test_cpu_study_configs_differ_only_in_the_network(task):
+    """The CPU study (docs/results.md) compares networks, nothing else: one schedule, seed
+    and data set; the wide U-Net about as large as UNet++ at the same (quarter) widths."""
+    def flat(name):
+        return flatten_config(load_config(str(REPO / "configs" / f"{name}.yaml")))
+
+    pp = flat(f"cpu_study/{task}_unetpp")
+    for variant, changes in [
+            ("unetpp_nods", {"MODEL.SEMANTIC.DEEP_SUPERVISION": False}),
+            ("unet", {"MODEL.SEMANTIC.ARCH": "unet"}),
+            ("wide_unet", {"MODEL.SEMANTIC.ARCH": "unet",
+                           "MODEL.SEMANTIC.WIDTHS": [9, 18, 35, 70, 140]})]:
+        other = flat(f"cpu_study/{task}_{variant}")
+        differing = {k: other[k] for k in pp if pp[k] != other[k]}
+        assert differing == {**changes, "OUTPUT_DIR": f"output/cpu_study/{task}_{variant}"}
+    paper = flat(f"semantic/{task}_unetpp")
+    changed = {k for k in pp if pp[k] != paper[k]}
+    assert changed <= {"MODEL.SEMANTIC.WIDTHS", "INPUT.SEMANTIC_SIZE", "DATALOADER.NUM_WORKERS",
+                       "SOLVER.MAX_ITER", "SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD",
+                       "SEED", "OUTPUT_DIR"}
+    assert pp["SEED"] == 0 and pp["SOLVER.OPTIMIZER"] == "ADAM"
+    sizes = {v: build_semantic_net(load_config(
+        str(REPO / "configs" / "cpu_study" / f"{task}_{v}.yaml"))).parameter_count()
+        for v in ("unetpp", "wide_unet", "unet")}
+    assert sizes["unet"] < sizes["unetpp"] < sizes["wide_unet"] < 1.05 * sizes["unetpp"]
 
 
 def test_optimizer_choice():
@@ -206,3 +236,39 @@ def test_prune_report_cli(datasets, tmp_path, capsys):
         assert exit_info.value.code == 2
         stderr = capsys.readouterr().err
         assert len(stderr.splitlines()) == 1 and message in stderr, stderr
+
+
+def test_compare_runs_cli_tabulates_evaluated_runs(datasets, tmp_path, capsys):
+    """Two runs (UNet++ with deep supervision, U-Net) evaluated by the evaluator into their
+    output folders, then tabulated: names, sizes and scores come from those files."""
+    expected = {}
+    for name, opts in [("pp", ()), ("unet", ("MODEL.SEMANTIC.ARCH", "unet"))]:
+        cfg = quick_cfg("semantic_2d_quick.yaml", "OUTPUT_DIR", str(tmp_path / name), *opts)
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(cfg.dump())
+        model = build_model(cfg)
+        evaluator = SemanticEvaluator("liver_val", model,
+                                      output_dir=str(tmp_path / name / "inference" / "liver_val"))
+        scores = inference_on_dataset(model, build_semantic_test_loader(cfg, "liver_val"),
+                                      evaluator)["sem_seg"]
+        expected[name] = (model.net.parameter_count(), scores)
+    main = runpy.run_path(str(REPO / "tools" / "compare_runs.py"), run_name="cli")["main"]
+    main([str(tmp_path / "pp"), str(tmp_path / "unet"), "--output", str(tmp_path / "cmp.md")])
+    rows = json.loads((tmp_path / "cmp.json").read_text())
+    assert [(r["run"], r["network"], r["widths"]) for r in rows] == [
+        ("pp", "UNet++ w/ DS", [4, 8, 16]), ("unet", "U-Net", [4, 8, 16])]
+    for row, (parameters, scores) in zip(rows, expected.values()):
+        assert row["parameters"] == parameters
+        assert (row["IoU"], row["Dice"]) == (scores["IoU"], scores["Dice"])
+        assert row["ms_per_image"] == scores["ms_per_image_accurate"]
+    assert (rows[0]["IoU_L1"], rows[0]["IoU_L2"]) == (expected["pp"][1]["IoU_L1"],
+                                                      expected["pp"][1]["IoU_L2"])
+    assert "IoU_L1" not in rows[1]
+    table = (tmp_path / "cmp.md").read_text()
+    assert table in capsys.readouterr().out
+    assert table.splitlines()[0].startswith("| run | network | widths |")
+    assert "| unet | U-Net | 4/8/16 |" in table and table.splitlines()[3].count(" - ") >= 1
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "pp"), "--dataset", "nodule_val"])
+    assert exit_info.value.code == 2
+    assert "nodule_val/semantic_results.json does not exist" in capsys.readouterr().err

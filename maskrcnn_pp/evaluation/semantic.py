@@ -28,11 +28,13 @@ from ..utils.errors import UserError
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 __all__ = ["SemanticEvaluator", "foreground", "overlap_scores", "pruning_rows",
-           "write_pruning_report", "prune_report"]
+           "write_pruning_report", "prune_report", "RESULTS_FILE", "comparison_row",
+           "comparison_markdown"]
 
 logger = logging.getLogger(__name__)
 
 HEADLINE = "output"
+RESULTS_FILE = "semantic_results.json"
 
 
 def foreground(probabilities: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
@@ -140,7 +142,7 @@ class SemanticEvaluator(DatasetEvaluator):
                 results[f"ms_per_image{suffix}"] = 1000.0 * seconds / max(images, 1)
         logger.info("Semantic evaluation of %s: %s", self.dataset_name, results)
         if self.output_dir:
-            atomic_write_json(Path(self.output_dir) / "semantic_results.json", results, indent=2)
+            atomic_write_json(Path(self.output_dir) / RESULTS_FILE, results, indent=2)
         return {"sem_seg": results}
 
 
@@ -224,3 +226,42 @@ def prune_report(cfg: CfgNode, dataset_name: str, output_dir: Path) -> dict[str,
     rows = pruning_rows(model, build_semantic_test_loader(cfg, dataset_name), dataset_name)
     title = f"UNet++ pruning on {dataset_name} ({cfg.MODEL.DEVICE})"
     return write_pruning_report(rows, output_dir, title)
+
+
+def _network_name(cfg: CfgNode) -> str:
+    sem = cfg.MODEL.SEMANTIC
+    if sem.ARCH.lower() == "unetpp":
+        return "UNet++ " + ("w/ DS" if sem.DEEP_SUPERVISION else "w/o DS")
+    return "U-Net"
+
+
+def comparison_row(run: str, cfg: CfgNode, results: dict) -> dict:
+    """One trained network of a comparison: what it is (from its config), its size, and
+    the scores an evaluation wrote (:data:`RESULTS_FILE`). ``ms_per_image`` is the time of
+    the configured inference mode; ``IoU_L<j>`` are present for the levels the run measured."""
+    from ..modeling.semantic_arch import build_semantic_net
+
+    mode = _mode_name(cfg.MODEL.SEMANTIC.INFERENCE_LEVEL)
+    row = {"run": run, "network": _network_name(cfg),
+           "widths": list(cfg.MODEL.SEMANTIC.WIDTHS),
+           "parameters": build_semantic_net(cfg).parameter_count(),
+           "IoU": results["IoU"], "Dice": results["Dice"],
+           "ms_per_image": results.get(f"ms_per_image_{mode}")}
+    row.update({key: value for key, value in results.items()
+                if key.startswith("IoU_L") and key[len("IoU_L"):].isdigit()})
+    return row
+
+
+def comparison_markdown(rows: Sequence[dict]) -> str:
+    """A table of :func:`comparison_row` rows, with one column per measured pruning level."""
+    levels = sorted({int(k[len("IoU_L"):]) for r in rows for k in r if k.startswith("IoU_L")})
+    head = ["run", "network", "widths", "parameters (M)", "IoU (%)", "Dice (%)",
+            *(f"IoU L{j} (%)" for j in levels), "ms / image"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["run"], r["network"], "/".join(map(str, r["widths"])),
+                 f"{r['parameters'] / 1e6:.3f}", f"{r['IoU']:.2f}", f"{r['Dice']:.2f}"]
+        cells += [f"{r[f'IoU_L{j}']:.2f}" if f"IoU_L{j}" in r else "-" for j in levels]
+        cells.append("-" if r["ms_per_image"] is None else f"{r['ms_per_image']:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -20,3 +20,13 @@ def coco_evaluator(dataset_name: str, output_dir=None, **kwargs):
 
     kwargs.setdefault("use_fast_impl", HAS_C_EXTENSION)
     return COCOEvaluator(dataset_name, output_dir=output_dir, **kwargs)
+
+
+def restart_data_loader(trainer) -> None:
+    """Make a ``SimpleTrainer`` draw its next batch from a fresh iterator of its loader
+    (after the sampler was moved). v0.6 creates the iterator in ``__init__``; upstream
+    creates it lazily behind a ``_data_loader_iter`` property."""
+    if isinstance(getattr(type(trainer), "_data_loader_iter", None), property):
+        trainer._data_loader_iter_obj = None
+    else:
+        trainer._data_loader_iter = iter(trainer.data_loader)

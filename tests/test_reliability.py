@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 from detectron2.data import DatasetCatalog
+from detectron2.utils.env import seed_all_rng
 from torch import nn
 
 import maskrcnn_pp  # noqa: F401
@@ -138,3 +139,56 @@ def test_two_cpu_processes_train_in_lockstep(tmp_path):
     metrics = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
     assert metrics[-1]["iteration"] == 0
     assert metrics[-1]["total_loss"] == pytest.approx(sum(rank_losses) / 2, rel=1e-5)
+
+
+def test_resumed_run_sees_the_batches_and_ends_with_the_weights_of_an_uninterrupted_one(
+        tmp_path, monkeypatch):
+    """Detectron2's own sampler would replay the first batches of a new random order after
+    --resume; here the stream continues, metrics.json loses the records a killed run wrote
+    after its checkpoint, and the result is that of a run never stopped."""
+    from test_semantic_data import liver_phantom, write_lits
+
+    from maskrcnn_pp.data.semantic import prepare_liver
+    from maskrcnn_pp.modeling.semantic_arch import SemanticUNetPP
+
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))
+    hu, seg = liver_phantom(shape=(64, 64, 12))
+    write_lits(tmp_path / "lits", 0, hu, seg)
+    prepare_liver(tmp_path / "lits", tmp_path / "datasets", size=32, val_fraction=0)
+    seen = []
+    original_forward = SemanticUNetPP.forward
+
+    def recording_forward(self, batched_inputs):
+        if self.training:
+            seen.append([d["file_name"] for d in batched_inputs])
+        return original_forward(self, batched_inputs)
+
+    monkeypatch.setattr(SemanticUNetPP, "forward", recording_forward)
+
+    def trainer(out, max_iter, seed):
+        cfg = load_config(str(ROOT / "configs" / "quick_schedules" / "semantic_2d_quick.yaml"),
+                          ["SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", "4",
+                           "DATASETS.TEST", "()", "OUTPUT_DIR", str(out)])
+        seed_all_rng(seed)  # what cfg.SEED does in default_setup; also draws the data seed
+        return Trainer(cfg)
+
+    trainer(tmp_path / "a", 8, seed=0).train()
+    uninterrupted, seen[:] = list(seen), []
+    assert uninterrupted[4:] != uninterrupted[:4]
+
+    trainer(tmp_path / "b", 4, seed=0).train()
+    with open(tmp_path / "b" / "metrics.json", "a") as metrics:  # what a kill leaves behind
+        metrics.write('{"iteration": 4, "total_loss": 1.0}\n{"iteration": 5, "total_')
+    seen[:] = []
+    resumed = trainer(tmp_path / "b", 8, seed=1)  # another seed: the checkpoint's must win
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 4
+    resumed.train()
+    assert seen == uninterrupted[4:]
+
+    reference = torch.load(tmp_path / "a" / "model_final.pth", weights_only=True)["model"]
+    final = torch.load(tmp_path / "b" / "model_final.pth", weights_only=True)["model"]
+    assert all(torch.equal(final[k], v) for k, v in reference.items())
+    lines = (tmp_path / "b" / "metrics.json").read_text().splitlines()
+    iterations = [json.loads(line)["iteration"] for line in lines]
+    assert iterations == sorted(set(iterations)) and iterations[-1] == 7

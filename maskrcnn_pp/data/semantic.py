@@ -31,7 +31,6 @@ from detectron2.data import (
     DatasetCatalog,
     MetadataCatalog,
     build_detection_test_loader,
-    build_detection_train_loader,
 )
 from detectron2.data.detection_utils import read_image
 from PIL import Image
@@ -46,6 +45,7 @@ from .dsb2018 import (
     read_mask,
     split_val_ids,
 )
+from .sampling import build_resumable_train_loader
 from .sources import display_name, source_root
 
 __all__ = [
@@ -698,8 +698,9 @@ class SemanticDatasetMapper:
 
 
 def build_semantic_train_loader(cfg: CfgNode):
-    """Detectron2's training loader over ``cfg.DATASETS.TRAIN`` with the semantic mapper."""
-    return build_detection_train_loader(cfg, mapper=SemanticDatasetMapper(cfg, is_train=True))
+    """Detectron2's training loader over ``cfg.DATASETS.TRAIN`` with the semantic mapper,
+    resumable (:func:`~maskrcnn_pp.data.sampling.build_resumable_train_loader`)."""
+    return build_resumable_train_loader(cfg, SemanticDatasetMapper(cfg, is_train=True))
 
 
 def build_semantic_test_loader(cfg: CfgNode, dataset_name: str):

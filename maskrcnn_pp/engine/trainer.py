@@ -1,6 +1,7 @@
 """The Detectron2 trainer for every maskrcnn_pp model, and config set-up for the CLIs."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -14,7 +15,6 @@ from detectron2.data import (
     DatasetCatalog,
     MetadataCatalog,
     build_detection_test_loader,
-    build_detection_train_loader,
 )
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, default_setup
 from detectron2.engine.train_loop import TrainerBase
@@ -25,6 +25,7 @@ from detectron2.utils.logger import setup_logger
 from .. import compat
 from ..config import add_maskrcnn_pp_config
 from ..data.mapper import CheckedDatasetMapper
+from ..data.sampling import build_resumable_train_loader
 from ..data.semantic import build_semantic_test_loader, build_semantic_train_loader
 from ..evaluation.nuclei import NucleiEvaluator
 from ..evaluation.semantic import SemanticEvaluator
@@ -72,7 +73,9 @@ class Trainer(DefaultTrainer):
     """``DefaultTrainer`` with this project's evaluators and checkpointing rules.
 
     Differences from Detectron2's: evaluators are chosen from each data set's metadata
-    (COCO, plus the nuclei metrics for nuclei sets); AMP runs only where CUDA exists.
+    (COCO, plus the nuclei metrics for nuclei sets); AMP runs only where CUDA exists; a
+    resumed run continues the data stream where the checkpoint left it and drops the
+    ``metrics.json`` records written after that checkpoint.
     """
 
     def __init__(self, cfg: CfgNode):
@@ -102,16 +105,41 @@ class Trainer(DefaultTrainer):
                                 allow_unsafe_pickle=cfg.MODEL.ALLOW_UNSAFE_PICKLE,
                                 **checkpointables)
 
+    @property
+    def _sampler(self):
+        return getattr(self._trainer.data_loader, "resumable_sampler", None)
+
     def state_dict(self) -> dict:
-        """Detectron2 v0.6 saves no optimizer state; resuming must restore it."""
+        """Detectron2 v0.6 saves no optimizer state; resuming must restore it, and the data
+        stream's seed."""
         state = super().state_dict()
         state["_trainer"] = self._trainer.state_dict()
+        if self._sampler is not None:
+            state["data_sampler"] = {"seed": self._sampler.seed}
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
+        if "data_sampler" in state_dict and self._sampler is not None:
+            self._sampler.seed = state_dict["data_sampler"]["seed"]
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        super().resume_or_load(resume=resume)
+        if not (resume and self.start_iter > 0):
+            return
+        if comm.is_main_process():
+            _drop_metrics_from(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"),
+                               self.start_iter)
+        if self._sampler is None:
+            logger.warning("DATALOADER.SAMPLER_TRAIN %s cannot continue its stream: the "
+                           "resumed run draws a new data order", self.cfg.DATALOADER.SAMPLER_TRAIN)
+            return
+        self._sampler.skip = self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH
+        compat.restart_data_loader(self._trainer)
+        logger.info("Data stream continues after %d samples (seed %d)", self._sampler.skip,
+                    self._sampler.seed)
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module):
@@ -122,7 +150,7 @@ class Trainer(DefaultTrainer):
     def build_train_loader(cls, cfg: CfgNode):
         if _is_semantic(cfg):
             return build_semantic_train_loader(cfg)
-        return build_detection_train_loader(cfg, mapper=CheckedDatasetMapper(cfg, True))
+        return build_resumable_train_loader(cfg, CheckedDatasetMapper(cfg, True))
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
@@ -157,6 +185,29 @@ class Trainer(DefaultTrainer):
             evaluators.append(NucleiEvaluator(dataset_name, output_dir=output_folder,
                                               max_dets=cfg.TEST.DETECTIONS_PER_IMAGE))
         return DatasetEvaluators(evaluators)
+
+
+def _drop_metrics_from(path: str, start_iter: int) -> None:
+    """Cut ``metrics.json`` before its first record of iteration ``start_iter`` or later
+    (written after the checkpoint a resumed run starts from) or its first unreadable line (a
+    record cut short by a kill). Truncating in place keeps the append-mode handle
+    Detectron2's ``JSONWriter`` already holds valid."""
+    if not os.path.isfile(path):
+        return
+    keep = 0
+    with open(path, "rb") as file:
+        for line in file:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                break
+            if not line.endswith(b"\n") or record.get("iteration", -1) >= start_iter:
+                break
+            keep += len(line)
+    if keep < os.path.getsize(path):
+        os.truncate(path, keep)
+        logger.info("metrics.json: dropped the records from iteration %d on, which the "
+                    "resumed run writes again", start_iter)
 
 
 def _is_semantic(cfg: CfgNode) -> bool:

@@ -1,4 +1,4 @@
-"""tools/visualize.py and maskrcnn_pp.utils.visualization: side-by-side pictures with scores."""
+"""tools/visualize.py and maskrcnn_pp.evaluation.visualization: side-by-side pictures, scores."""
 import json
 import os
 import re
@@ -17,12 +17,12 @@ from maskrcnn_pp.engine.checkpoint import SafeCheckpointer
 from maskrcnn_pp.engine.predictor import NucleiPredictor
 from maskrcnn_pp.engine.trainer import load_config
 from maskrcnn_pp.evaluation.nuclei import image_metrics
-from maskrcnn_pp.utils.errors import UserError
-from maskrcnn_pp.utils.visualization import (
+from maskrcnn_pp.evaluation.visualization import (
     MIN_PANEL_WIDTH,
     dataset_dict_rles,
     render_results_file,
 )
+from maskrcnn_pp.utils.errors import UserError
 from tests.conftest import ROOT, run_script_main
 
 QUICK_PP = str(ROOT / "configs" / "quick_schedules" / "mask_rcnn_pp_synthetic.yaml")

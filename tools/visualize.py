@@ -21,8 +21,8 @@ import logging
 
 from maskrcnn_pp.engine.predictor import NucleiPredictor
 from maskrcnn_pp.engine.trainer import load_config
+from maskrcnn_pp.evaluation.visualization import render_dataset_predictions, render_results_file
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
-from maskrcnn_pp.utils.visualization import render_dataset_predictions, render_results_file
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

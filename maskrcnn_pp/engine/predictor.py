@@ -46,11 +46,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..data.image_io import IMAGE_EXTENSIONS, UnreadableImageError, read_image_rgb
 from ..evaluation.nuclei import load_coco_ground_truth
-from ..utils.errors import UserError
-from ..utils.io import atomic_write_bytes, atomic_write_json
-from ..utils.visualization import (
+from ..evaluation.visualization import (
     draw_instance_masks,
 )
+from ..utils.errors import UserError
+from ..utils.io import atomic_write_bytes, atomic_write_json
 from .checkpoint import MissingCheckpointError, SafeCheckpointer
 
 __all__ = [

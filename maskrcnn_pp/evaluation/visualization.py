@@ -28,15 +28,15 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..data.image_io import UnreadableImageError, read_image_rgb
-from ..evaluation.nuclei import (
+from ..utils.errors import UserError
+from ..utils.io import atomic_write_bytes
+from .nuclei import (
     evaluate_coco_results,
     image_metrics,
     load_coco_ground_truth,
     load_coco_results,
     to_rles,
 )
-from .errors import UserError
-from .io import atomic_write_bytes
 
 __all__ = [
     "draw_instance_masks",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import detectron2
 import pytest
+import torch
 
 from tests.conftest import ROOT
 
@@ -71,3 +72,28 @@ def test_detectron2_imports_under_current_pillow_numpy_setuptools():
     assert Path(config).is_file()
     square = [np.array([1, 1, 5, 1, 5, 5, 1, 5], dtype=float)]
     assert polygons_to_bitmask(square, 8, 8).dtype == bool
+
+
+def test_data_loader_restart_works_with_eager_and_lazy_iterators():
+    """compat.restart_data_loader on v0.6's SimpleTrainer (iterator made in __init__) and on
+    upstream's (a lazy ``_data_loader_iter`` property over ``_data_loader_iter_obj``)."""
+    from detectron2.engine import SimpleTrainer
+
+    from maskrcnn_pp.compat import restart_data_loader
+
+    class Upstream:
+        def __init__(self, data_loader):
+            self.data_loader, self._data_loader_iter_obj = data_loader, None
+
+        @property
+        def _data_loader_iter(self):
+            if self._data_loader_iter_obj is None:
+                self._data_loader_iter_obj = iter(self.data_loader)
+            return self._data_loader_iter_obj
+
+    loader = [1, 2, 3]
+    v06 = SimpleTrainer(torch.nn.Linear(1, 1), loader, None)
+    for trainer in (v06, Upstream(loader)):
+        assert next(trainer._data_loader_iter) == 1
+        restart_data_loader(trainer)
+        assert next(trainer._data_loader_iter) == 1

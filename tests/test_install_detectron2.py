@@ -97,3 +97,24 @@ def test_data_loader_restart_works_with_eager_and_lazy_iterators():
         assert next(trainer._data_loader_iter) == 1
         restart_data_loader(trainer)
         assert next(trainer._data_loader_iter) == 1
+
+
+def test_coco_evaluator_counts_every_detection_where_the_build_can(monkeypatch):
+    import detectron2.evaluation
+
+    from maskrcnn_pp.compat import coco_evaluator
+
+    class Upstream:  # upstream's COCOEvaluator takes max_dets_per_image; v0.6's does not
+        def __init__(self, dataset_name, tasks=None, distributed=True, output_dir=None, *,
+                     max_dets_per_image=None, use_fast_impl=True):
+            self.max_dets_per_image = max_dets_per_image
+
+    class V06:
+        def __init__(self, dataset_name, tasks=None, distributed=True, output_dir=None, *,
+                     use_fast_impl=True):
+            self.use_fast_impl = use_fast_impl
+
+    monkeypatch.setattr(detectron2.evaluation, "COCOEvaluator", Upstream)
+    assert coco_evaluator("x", max_dets_per_image=400).max_dets_per_image == 400
+    monkeypatch.setattr(detectron2.evaluation, "COCOEvaluator", V06)
+    assert isinstance(coco_evaluator("x", max_dets_per_image=400), V06)

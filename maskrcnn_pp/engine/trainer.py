@@ -180,7 +180,8 @@ class Trainer(DefaultTrainer):
             raise UserError(f"data set {dataset_name!r} has evaluator_type {evaluator_type!r}, "
                             "which this trainer cannot evaluate")
         evaluators: List[DatasetEvaluator] = [
-            compat.coco_evaluator(dataset_name, output_dir=output_folder)]
+            compat.coco_evaluator(dataset_name, output_dir=output_folder,
+                                  max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE)]
         if meta.get("nuclei", False):
             evaluators.append(NucleiEvaluator(dataset_name, output_dir=output_folder,
                                               max_dets=cfg.TEST.DETECTIONS_PER_IMAGE))

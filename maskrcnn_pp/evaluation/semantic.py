@@ -24,6 +24,7 @@ from detectron2.utils import comm
 from torch import nn
 
 from ..data.semantic import build_semantic_test_loader
+from ..modeling.semantic_arch import build_semantic_net
 from ..utils.errors import UserError
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -239,8 +240,6 @@ def comparison_row(run: str, cfg: CfgNode, results: dict) -> dict:
     """One trained network of a comparison: what it is (from its config), its size, and
     the scores an evaluation wrote (:data:`RESULTS_FILE`). ``ms_per_image`` is the time of
     the configured inference mode; ``IoU_L<j>`` are present for the levels the run measured."""
-    from ..modeling.semantic_arch import build_semantic_net
-
     mode = _mode_name(cfg.MODEL.SEMANTIC.INFERENCE_LEVEL)
     row = {"run": run, "network": _network_name(cfg),
            "widths": list(cfg.MODEL.SEMANTIC.WIDTHS),

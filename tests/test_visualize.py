@@ -197,3 +197,40 @@ def test_cli_from_a_checkpoint_on_a_registered_data_set(tmp_path, tiny_weights, 
         capsys, "--config-file", QUICK_PP, "--weights", tiny_weights, "--dataset", "nope",
         "--output", out)
     assert code == 2 and "unknown data set 'nope'" in captured.err
+
+
+def test_semantic_checkpoint_pictures_show_foreground_and_score_it(tmp_path, capsys,
+                                                                   monkeypatch):
+    """A semantic network whose heads say "foreground" everywhere: each picture's IoU must
+    be the label's foreground share, computed here from the prepared label file."""
+    from test_semantic_data import liver_phantom, write_lits
+
+    from maskrcnn_pp.data.semantic import prepare_liver
+
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))
+    hu, seg = liver_phantom()
+    write_lits(tmp_path / "lits", 0, hu, seg)
+    prepare_liver(tmp_path / "lits", tmp_path / "datasets", size=64, val_fraction=0)
+    config = ROOT / "configs" / "quick_schedules" / "semantic_2d_quick.yaml"
+    model = build_model(load_config(str(config)))
+    with torch.no_grad():
+        for head in model.net.heads.values():
+            head.weight.zero_()
+            head.bias.fill_(20.0)
+    SafeCheckpointer(model, str(tmp_path)).save("all_foreground")
+    code, captured = visualize_in_process(
+        capsys, "--config-file", config, "--weights", tmp_path / "all_foreground.pth",
+        "--dataset", "liver_train", "--output", tmp_path / "vis", "--max-images", "2",
+        "MODEL.SEMANTIC.INFERENCE_LEVEL", "1")
+    assert code == 0, captured.err
+    pictures = sorted((tmp_path / "vis").glob("*.png"))
+    assert len(pictures) == 2 and "2 pictures" in captured.out
+    for picture in pictures:
+        label = cv2.imread(str(tmp_path / "datasets/liver/train/labels" / picture.name), 0)
+        title = Image.open(picture).text["Title"]
+        assert f"IoU {100 * (label > 0).mean():.1f}" in title and "(UNet++ L1)" in title
+        assert Image.open(picture).size[0] == 2 * 400  # 64 px panels enlarged to 400
+    code, captured = visualize_in_process(
+        capsys, "--config-file", config, "--weights", tmp_path / "all_foreground.pth",
+        "--dataset", "polyp_kvasir_none", "--output", tmp_path / "vis")
+    assert code == 2 and "unknown data set 'polyp_kvasir_none'" in captured.err

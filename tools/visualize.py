@@ -13,15 +13,30 @@ or from a checkpoint on a registered data set:
         --weights output/mask_rcnn_pp/model_final.pth --dataset dsb2018_val --output vis/
 
 Scores (DSB mAP, AJI, Dice, IoU, F1@0.5) are those of maskrcnn_pp.evaluation.nuclei.
+With a semantic config (configs/semantic/, configs/cpu_study/{nuclei,polyp}_*) the pictures
+show the foreground of a semantic network and each image's IoU and Dice; the inference mode
+is MODEL.SEMANTIC.INFERENCE_LEVEL (0 accurate, j = UNet++ L_j), which an override may set:
+
+    python tools/visualize.py --config-file configs/cpu_study/polyp_unetpp.yaml \
+        --weights output/cpu_study/polyp_unetpp/model_final.pth --dataset polyp_kvasir_val \
+        --output vis/ MODEL.SEMANTIC.INFERENCE_LEVEL 3
 """
 from __future__ import annotations
 
 import argparse
 import logging
 
+from detectron2.data import DatasetCatalog
+
+from maskrcnn_pp.data.semantic import build_semantic_test_loader
+from maskrcnn_pp.engine.checkpoint import SafeCheckpointer
 from maskrcnn_pp.engine.predictor import NucleiPredictor
-from maskrcnn_pp.engine.trainer import load_config
-from maskrcnn_pp.evaluation.visualization import render_dataset_predictions, render_results_file
+from maskrcnn_pp.engine.trainer import Trainer, is_semantic, load_config
+from maskrcnn_pp.evaluation.visualization import (
+    render_dataset_predictions,
+    render_results_file,
+    render_semantic_predictions,
+)
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
 
 
@@ -70,6 +85,10 @@ def main(argv: list[str] | None = None) -> None:
                                        max_images=args.max_images, file_names=args.images)
     elif all(from_model) and not any(from_results):
         cfg = load_config(args.config_file, args.opts)
+        if is_semantic(cfg):
+            rendered = _render_semantic(cfg, args)
+            print(f"{len(rendered)} pictures: {args.output}")
+            return
         predictor = NucleiPredictor.from_config(
             cfg, args.weights, allow_unsafe_pickle=args.allow_unsafe_pickle,
             score_thresh=args.score_thresh, tile_size=args.tile_size,
@@ -80,6 +99,20 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError("give either --pred, --gt and --image-root, or --config-file, "
                         "--weights and --dataset")
     print(f"{len(rendered)} pictures: {args.output}")
+
+
+def _render_semantic(cfg, args):
+    if args.dataset not in DatasetCatalog.list():
+        raise UserError(f"unknown data set {args.dataset!r}; registered: "
+                        f"{', '.join(sorted(DatasetCatalog.list()))}")
+    model = Trainer.build_model(cfg)
+    SafeCheckpointer(model, allow_unsafe_pickle=args.allow_unsafe_pickle).load(args.weights)
+    try:
+        loader = build_semantic_test_loader(cfg, args.dataset)
+    except FileNotFoundError as err:
+        raise UserError(str(err)) from None
+    return render_semantic_predictions(model.eval(), loader, args.output,
+                                       max_images=args.max_images)
 
 
 if __name__ == "__main__":

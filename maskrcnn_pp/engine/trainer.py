@@ -37,7 +37,7 @@ from .optim import build_optimizer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "NonFiniteLossError", "load_config", "setup"]
+__all__ = ["Trainer", "NonFiniteLossError", "is_semantic", "load_config", "setup"]
 
 
 class NonFiniteLossError(UserError):
@@ -148,13 +148,13 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        if _is_semantic(cfg):
+        if is_semantic(cfg):
             return build_semantic_train_loader(cfg)
         return build_resumable_train_loader(cfg, CheckedDatasetMapper(cfg, True))
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
-        if _is_semantic(cfg):
+        if is_semantic(cfg):
             return build_semantic_test_loader(cfg, dataset_name)
         return build_detection_test_loader(cfg, dataset_name,
                                            mapper=CheckedDatasetMapper(cfg, False))
@@ -163,7 +163,7 @@ class Trainer(DefaultTrainer):
     def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
         """As Detectron2's, but semantic evaluators get the model, so they can also time and
         score every pruned level L1..L4."""
-        if evaluators is None and _is_semantic(cfg):
+        if evaluators is None and is_semantic(cfg):
             evaluators = [SemanticEvaluator(name, model, output_dir=os.path.join(
                 cfg.OUTPUT_DIR, "inference", name)) for name in cfg.DATASETS.TEST]
         return super().test(cfg, model, evaluators)
@@ -211,7 +211,8 @@ def _drop_metrics_from(path: str, start_iter: int) -> None:
                     "resumed run writes again", start_iter)
 
 
-def _is_semantic(cfg: CfgNode) -> bool:
+def is_semantic(cfg: CfgNode) -> bool:
+    """Whether ``cfg`` describes a semantic network (``SemanticUNetPP``), not a detector."""
     return cfg.MODEL.META_ARCHITECTURE == SemanticUNetPP.__name__
 
 

@@ -9,6 +9,7 @@ the title, which is also stored in the PNG's ``Title`` text field.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import os
 from collections import defaultdict
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Union
 
 import numpy as np
+import torch
 from detectron2.data import DatasetCatalog
 from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import Visualizer
@@ -37,11 +39,12 @@ from .nuclei import (
     load_coco_results,
     to_rles,
 )
+from .semantic import foreground, overlap_scores
 
 __all__ = [
     "draw_instance_masks",
     "dataset_dict_rles", "format_scores_title", "save_side_by_side", "RenderedImage",
-    "render_results_file", "render_dataset_predictions",
+    "render_results_file", "render_dataset_predictions", "render_semantic_predictions",
 ]
 
 logger = logging.getLogger(__name__)
@@ -282,4 +285,45 @@ def render_dataset_predictions(predictor: InstancePredictor, dataset_name: str,
 
     names = _output_names([r["file_name"] for r in records], [r["image_id"] for r in records])
     return _render_each(list(zip(records, names)), Path(output_dir), render, dataset_name,
+                        progress)
+
+
+def render_semantic_predictions(model, data_loader, output_dir: PathLike,
+                                max_images: int | None = None, level: int | None = None,
+                                threshold: float = 0.5,
+                                progress: bool = True) -> list[RenderedImage]:
+    """Ground truth | prediction of a semantic network (2D) for each image of a test loader.
+
+    ``model`` is a :class:`~maskrcnn_pp.modeling.semantic_arch.SemanticUNetPP` in eval mode;
+    ``level`` None uses its configured inference mode, 0 the accurate one, ``j`` UNet++ L_j.
+    The foreground (probability > ``threshold``) is drawn at the stored image size; its label
+    is the mean probability inside it. The title holds the image's IoU and Dice (%).
+    """
+    level = model.inference_level if level is None else level
+    mode = f"UNet++ L{level}" if level else "accurate mode"
+    images = [batch[0] for batch in itertools.islice(data_loader, max_images)]
+    if images and images[0]["image"].dim() != 3:
+        raise UserError("pictures are drawn for 2D data sets only; score 3D volumes with "
+                        "tools/train_net.py --eval-only")
+
+    def render(inputs: dict, path: Path) -> RenderedImage:
+        image = read_image_rgb(inputs["file_name"])
+        with torch.no_grad():
+            probabilities = model.inference([inputs], level=level)[0]["sem_seg"].cpu()
+        predicted = foreground(probabilities, threshold).numpy()
+        truth = inputs["sem_seg"].numpy() > 0
+        intersection = int((predicted & truth).sum())
+        metrics = overlap_scores(intersection, int(predicted.sum()), int(truth.sum()))
+        probability = probabilities.max(dim=0).values.numpy()
+        scores = [float(probability[predicted].mean())] if predicted.any() else []
+        file_name = os.path.basename(inputs["file_name"])
+        title = (f"{file_name}\nIoU {metrics['IoU']:.1f}   Dice {metrics['Dice']:.1f}   "
+                 f"({mode})\nleft: ground truth   right: probability > {threshold:.2f} "
+                 "(label: mean probability)")
+        save_side_by_side(image, truth.astype(np.uint8), predicted[None] if scores else [],
+                          scores, title, path)
+        return RenderedImage(file_name, path, metrics, title)
+
+    names = _output_names([d["file_name"] for d in images], [d["image_id"] for d in images])
+    return _render_each(list(zip(images, names)), Path(output_dir), render, "visualize",
                         progress)

@@ -26,9 +26,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-from detectron2.data import DatasetCatalog
-
-from maskrcnn_pp.data.semantic import build_semantic_test_loader
 from maskrcnn_pp.engine.checkpoint import SafeCheckpointer
 from maskrcnn_pp.engine.predictor import NucleiPredictor
 from maskrcnn_pp.engine.trainer import Trainer, is_semantic, load_config
@@ -85,33 +82,27 @@ def main(argv: list[str] | None = None) -> None:
                                        max_images=args.max_images, file_names=args.images)
     elif all(from_model) and not any(from_results):
         cfg = load_config(args.config_file, args.opts)
-        if is_semantic(cfg):
-            rendered = _render_semantic(cfg, args)
-            print(f"{len(rendered)} pictures: {args.output}")
-            return
-        predictor = NucleiPredictor.from_config(
-            cfg, args.weights, allow_unsafe_pickle=args.allow_unsafe_pickle,
-            score_thresh=args.score_thresh, tile_size=args.tile_size,
-            tile_overlap=args.tile_overlap)
-        rendered = render_dataset_predictions(predictor, args.dataset, args.output,
-                                              max_images=args.max_images)
+        rendered = (_render_semantic(cfg, args) if is_semantic(cfg)
+                    else _render_instances(cfg, args))
     else:
         raise UserError("give either --pred, --gt and --image-root, or --config-file, "
                         "--weights and --dataset")
     print(f"{len(rendered)} pictures: {args.output}")
 
 
+def _render_instances(cfg, args):
+    predictor = NucleiPredictor.from_config(
+        cfg, args.weights, allow_unsafe_pickle=args.allow_unsafe_pickle,
+        score_thresh=args.score_thresh, tile_size=args.tile_size,
+        tile_overlap=args.tile_overlap)
+    return render_dataset_predictions(predictor, args.dataset, args.output,
+                                      max_images=args.max_images)
+
+
 def _render_semantic(cfg, args):
-    if args.dataset not in DatasetCatalog.list():
-        raise UserError(f"unknown data set {args.dataset!r}; registered: "
-                        f"{', '.join(sorted(DatasetCatalog.list()))}")
     model = Trainer.build_model(cfg)
     SafeCheckpointer(model, allow_unsafe_pickle=args.allow_unsafe_pickle).load(args.weights)
-    try:
-        loader = build_semantic_test_loader(cfg, args.dataset)
-    except FileNotFoundError as err:
-        raise UserError(str(err)) from None
-    return render_semantic_predictions(model.eval(), loader, args.output,
+    return render_semantic_predictions(model.eval(), cfg, args.dataset, args.output,
                                        max_images=args.max_images)
 
 

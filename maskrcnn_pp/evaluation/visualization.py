@@ -9,7 +9,6 @@ the title, which is also stored in the PNG's ``Title`` text field.
 from __future__ import annotations
 
 import io
-import itertools
 import logging
 import os
 from collections import defaultdict
@@ -20,6 +19,7 @@ from typing import Any, Callable, Protocol, Union
 
 import numpy as np
 import torch
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import Visualizer
@@ -30,6 +30,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..data.image_io import UnreadableImageError, read_image_rgb
+from ..data.semantic import SemanticDatasetMapper
 from ..utils.errors import UserError
 from ..utils.io import atomic_write_bytes
 from .nuclei import (
@@ -189,6 +190,18 @@ def _output_names(file_names: Sequence[str], image_ids: Sequence[Any]) -> list[s
             for stem, image_id in zip(stems, image_ids)]
 
 
+def _dataset_records(dataset_name: str, max_images: int | None) -> list[dict]:
+    """The first ``max_images`` records of a registered data set; user errors if it is not
+    registered or not prepared."""
+    if dataset_name not in DatasetCatalog.list():
+        raise UserError(f"unknown data set {dataset_name!r}; registered: "
+                        f"{', '.join(sorted(DatasetCatalog.list()))}")
+    try:
+        return DatasetCatalog.get(dataset_name)[:max_images]
+    except FileNotFoundError as err:
+        raise UserError(str(err)) from None
+
+
 def _render_each(items: Sequence[tuple[Any, str]], output_dir: Path,
                  render: Callable[[Any, Path], RenderedImage], description: str,
                  progress: bool) -> list[RenderedImage]:
@@ -266,13 +279,8 @@ def render_dataset_predictions(predictor: InstancePredictor, dataset_name: str,
 
     The predictor's own score threshold decides what is drawn and scored.
     """
-    if dataset_name not in DatasetCatalog.list():
-        raise UserError(f"unknown data set {dataset_name!r}; registered: "
-                        f"{', '.join(sorted(DatasetCatalog.list()))}")
-    try:
-        records = DatasetCatalog.get(dataset_name)[:max_images]
-    except FileNotFoundError as err:
-        raise UserError(str(err)) from None
+    records = _dataset_records(dataset_name, max_images)
+
     def render(record: dict, path: Path) -> RenderedImage:
         image = read_image_rgb(record["file_name"])
         prediction = predictor(image)
@@ -288,11 +296,12 @@ def render_dataset_predictions(predictor: InstancePredictor, dataset_name: str,
                         progress)
 
 
-def render_semantic_predictions(model, data_loader, output_dir: PathLike,
+def render_semantic_predictions(model, cfg: CfgNode, dataset_name: str, output_dir: PathLike,
                                 max_images: int | None = None, level: int | None = None,
                                 threshold: float = 0.5,
                                 progress: bool = True) -> list[RenderedImage]:
-    """Ground truth | prediction of a semantic network (2D) for each image of a test loader.
+    """Ground truth | prediction of a semantic network (2D) for each image of a registered
+    data set, read as ``cfg``'s test mapper reads it.
 
     ``model`` is a :class:`~maskrcnn_pp.modeling.semantic_arch.SemanticUNetPP` in eval mode;
     ``level`` None uses its configured inference mode, 0 the accurate one, ``j`` UNet++ L_j.
@@ -301,7 +310,8 @@ def render_semantic_predictions(model, data_loader, output_dir: PathLike,
     """
     level = model.inference_level if level is None else level
     mode = f"UNet++ L{level}" if level else "accurate mode"
-    images = [batch[0] for batch in itertools.islice(data_loader, max_images)]
+    mapper = SemanticDatasetMapper(cfg, is_train=False)
+    images = [mapper(record) for record in _dataset_records(dataset_name, max_images)]
     if images and images[0]["image"].dim() != 3:
         raise UserError("pictures are drawn for 2D data sets only; score 3D volumes with "
                         "tools/train_net.py --eval-only")

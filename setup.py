@@ -24,8 +24,12 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.5",
         "nibabel>=5.0",
+        # TIFF / OME-TIFF images and label images (16/32-bit, multi-page)
+        "tifffile>=2023.1",
     ],
     extras_require={"dev": ["pytest>=7.0", "ruff>=0.4"],
+                    # ONNX export of the networks and ONNX Runtime prediction
+                    "export": ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1"],
                     # optional: MONAI's BasicUNetPlusPlus as a speed reference in tools/benchmark.py
                     "bench": ["monai>=1.3"]},
 )

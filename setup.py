@@ -13,7 +13,10 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=find_packages(include=("maskrcnn_pp", "maskrcnn_pp.*")),
+    # configs/ ships inside the package as maskrcnn_pp/configs (maskrcnn_pp.get_config_file)
+    packages=[*find_packages(include=("maskrcnn_pp", "maskrcnn_pp.*")), "maskrcnn_pp.configs"],
+    package_dir={"maskrcnn_pp.configs": "configs"},
+    package_data={"maskrcnn_pp.configs": ["*.yaml", "*/*.yaml"]},
     install_requires=[
         "torch>=2.0",
         "torchvision>=0.15",

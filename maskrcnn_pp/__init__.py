@@ -12,6 +12,7 @@ warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
 
 from . import data, evaluation, modeling  # noqa: E402, F401  (registration side effects)
 from .config import add_maskrcnn_pp_config  # noqa: E402
+from .model_zoo import get_config_file  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["add_maskrcnn_pp_config", "__version__"]
+__all__ = ["add_maskrcnn_pp_config", "get_config_file", "__version__"]

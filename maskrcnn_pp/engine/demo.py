@@ -20,6 +20,7 @@ from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from ..evaluation.visualization import render_results_file  # noqa: E402
+from ..model_zoo import get_config_file  # noqa: E402
 from ..utils.io import atomic_write_json  # noqa: E402
 from .trainer import Trainer, load_config  # noqa: E402
 
@@ -27,8 +28,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["run_demo", "plot_training_curves"]
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quick_schedules" / \
-    "mask_rcnn_pp_synthetic.yaml"
+DEMO_CONFIG = Path(get_config_file("quick_schedules/mask_rcnn_pp_synthetic.yaml"))
 
 
 def plot_training_curves(metrics_file: Path, out_png: Path) -> None:

@@ -22,12 +22,13 @@ from maskrcnn_pp.engine.checkpoint import (
 )
 from maskrcnn_pp.engine.trainer import Trainer, load_config
 from maskrcnn_pp.utils.errors import UserError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_script_main
 from tests.test_mask_rcnn_pp import flatten_config
 
 QUICK = ROOT / "configs" / "quick_schedules"
 QUICK_PP = str(QUICK / "mask_rcnn_pp_synthetic.yaml")
 QUICK_BASELINE = str(QUICK / "mask_rcnn_baseline_synthetic.yaml")
+CONVERT = ROOT / "tools" / "convert_weights.py"
 FROZEN_BN = ["MODEL.RESNETS.NORM", "FrozenBN", "MODEL.RESNETS.STRIDE_IN_1X1", "False"]
 DEPTH_OPTS = {18: ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64"],
               50: ["MODEL.RESNETS.DEPTH", "50", "MODEL.RESNETS.RES2_OUT_CHANNELS", "256"]}
@@ -163,7 +164,8 @@ def test_pickle_with_numpy_and_os_system_is_refused_by_name(tmp_path):
     path = tmp_path / "weights.pkl"
     with open(path, "wb") as f:
         pickle.dump({"weight": np.ones((2, 2), np.float32), "payload": Payload()}, f)
-    with pytest.raises(UnsafeCheckpointError, match=r"names (posix|nt|os)\.system") as refused:
+    disallowed = rf"names {os.system.__module__}\.system"
+    with pytest.raises(UnsafeCheckpointError, match=disallowed) as refused:
         SafeCheckpointer(torch.nn.Linear(2, 2)).load(str(path))
     assert "\n" not in str(refused.value) and "--allow-unsafe-pickle" in str(refused.value)
     assert not marker.exists()
@@ -264,3 +266,53 @@ def test_torchvision_configs_are_twins_with_rgb_input():
     assert pp["INPUT.FORMAT"] == "RGB" and not pp["MODEL.RESNETS.STRIDE_IN_1X1"]
     assert pp["MODEL.PIXEL_MEAN"] == pytest.approx([255 * m for m in (0.485, 0.456, 0.406)])
     assert pp["MODEL.PIXEL_STD"] == pytest.approx([255 * s for s in (0.229, 0.224, 0.225)])
+
+
+def test_convert_weights_writes_a_weights_only_checkpoint_once(tmp_path, capsys):
+    net = _random_torchvision_resnet(18)
+    torch.save({"model": net.state_dict()}, tmp_path / "tv.pth")
+    code, captured = run_script_main(CONVERT, capsys, tmp_path / "tv.pth", tmp_path / "d2.pth")
+    assert code == 0, captured.err
+    assert "renamed to Detectron2's ResNet" in captured.out
+    converted = torch.load(tmp_path / "d2.pth", weights_only=True)["model"]
+    assert "stem.conv1.norm.running_var" in converted and "fc.weight" not in converted
+    model = _init_from(QUICK_PP, tmp_path / "d2.pth", *FROZEN_BN)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.backbone.bottom_up(x)["res5"], _torchvision_features(net, x))
+
+    arrays = _synthetic_msra_pkl(tmp_path / "R-50.pkl")
+    assert run_script_main(CONVERT, capsys, tmp_path / "R-50.pkl", tmp_path / "msra.pth")[0] == 0
+    msra = torch.load(tmp_path / "msra.pth", weights_only=True)["model"]
+    assert all(torch.equal(msra[k], torch.from_numpy(v)) for k, v in arrays.items())
+
+
+class _RunsCommand:
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+@pytest.mark.parametrize("bad", ["truncated", "os.system"])
+def test_bad_weights_files_are_one_line_exit_2(tmp_path, capsys, bad):
+    marker = tmp_path / "code_ran"
+    data = pickle.dumps({"w": np.ones(2), "x": _RunsCommand(f"touch {marker}")}, protocol=2)
+    if bad == "truncated":
+        data = pickle.dumps({"w": np.ones((8, 8))}, protocol=2)[:60]
+    (tmp_path / "bad.pkl").write_bytes(data)
+    code, captured = run_script_main(CONVERT, capsys, tmp_path / "bad.pkl", tmp_path / "o.pth")
+    assert code == 2 and "Traceback" not in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+    assert ("is truncated or not a pickle of NumPy weights" if bad == "truncated"
+            else f"names {os.system.__module__}.system") in captured.err
+    assert not (tmp_path / "o.pth").exists() and not marker.exists()
+
+
+def test_prune_report_refuses_weights_of_another_model(baseline_weights, tmp_path, capsys):
+    code, captured = run_script_main(
+        ROOT / "tools" / "prune_report.py", capsys, "--config-file",
+        QUICK / "semantic_2d_quick.yaml", "--weights", baseline_weights, "--dataset",
+        "liver_val", "--output", tmp_path / "report")
+    assert code == 2 and "matches none" in captured.err and "Traceback" not in captured.err

@@ -247,6 +247,8 @@ def load_weights_file(filename: str, *, allow_unsafe_pickle: bool = False,
     load weights-only. A ``state_dict`` wrapper (timm, Lightning) is unwrapped.
     """
     logger = logger or logging.getLogger(__name__)
+    if not os.path.isfile(filename):
+        raise MissingCheckpointError(f"weights file {filename} does not exist")
     is_pickle = filename.endswith(".pkl")
     read = _read_pickle if is_pickle else _read_torch_file
     loaded = read(filename, allow_unsafe_pickle, logger)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
@@ -24,6 +23,7 @@ from detectron2.utils import comm
 from torch import nn
 
 from ..data.semantic import build_semantic_test_loader
+from ..engine.checkpoint import load_inference_weights
 from ..modeling.semantic_arch import build_semantic_net
 from ..utils.errors import UserError
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -211,9 +211,10 @@ def write_pruning_report(rows: Sequence[dict], output_dir: Path, title: str) -> 
     return paths
 
 
-def prune_report(cfg: CfgNode, dataset_name: str, output_dir: Path) -> dict[str, Path]:
-    """Build the model of ``cfg``, load ``cfg.MODEL.WEIGHTS``, measure every pruning level on
-    ``dataset_name`` and write the report (see :func:`write_pruning_report`)."""
+def prune_report(cfg: CfgNode, dataset_name: str, output_dir: Path, *,
+                 allow_unsafe_pickle: bool = False) -> dict[str, Path]:
+    """Build the model of ``cfg``, load all of it from ``cfg.MODEL.WEIGHTS``, measure every
+    pruning level on ``dataset_name`` and write the report (see :func:`write_pruning_report`)."""
     if dataset_name not in DatasetCatalog.list():
         semantic = [n for n in DatasetCatalog.list()
                     if MetadataCatalog.get(n).get("evaluator_type") == "semantic"]
@@ -223,7 +224,7 @@ def prune_report(cfg: CfgNode, dataset_name: str, output_dir: Path) -> dict[str,
         raise UserError(f"MODEL.WEIGHTS {weights!r} is not a file: the report needs trained "
                         "weights")
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    load_inference_weights(model, weights, allow_unsafe_pickle=allow_unsafe_pickle)
     rows = pruning_rows(model, build_semantic_test_loader(cfg, dataset_name), dataset_name)
     title = f"UNet++ pruning on {dataset_name} ({cfg.MODEL.DEVICE})"
     return write_pruning_report(rows, output_dir, title)

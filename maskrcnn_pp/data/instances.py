@@ -27,17 +27,16 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..utils.errors import UserError
-from ..utils.io import atomic_write_bytes, atomic_write_json
+from ..utils.io import atomic_write_bytes
 from .coco import datasets_root, mask_to_annotation, register_nuclei_coco
 from .dsb2018 import (
     NUCLEUS_CATEGORY,
     SPLITS,
     ConversionReport,
     SampleProblem,
-    _assign_coco_ids,
     _record,
     _Sample,
-    split_val_ids,
+    write_conversion,
 )
 from .image_io import IMAGE_EXTENSIONS, UnreadableImageError, decode_image_file
 from .sources import source_root
@@ -94,25 +93,15 @@ def convert_instances(src: PathLike, out: PathLike, val_fraction: float = 0.1, s
     if not samples and not report.problems:
         raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {src}")
 
-    _assign_coco_ids(samples)
-    val_ids = split_val_ids([s.image_id for s in samples], val_fraction, seed)
-    report.images_converted = len(samples)
-    report.annotations = sum(len(s.annotations) for s in samples)
-    splits = {split: [s for s in samples if (s.image_id in val_ids) == (split == "val")]
-              for split in SPLITS}
-    report.split_images = {split: len(chosen) for split, chosen in splits.items()}
-    atomic_write_json(out / "report.json", report.to_dict(), indent=2)
-    if strict and report.problems:
-        raise UserError(f"{len(report.problems)} problem(s) in {src} (--strict); "
-                        f"annotations not written, see {out / 'report.json'}")
-    for split, chosen in splits.items():
-        atomic_write_json(out / "annotations" / f"instances_{split}.json", {
-            "info": {"description": f"instance label images of {src}, converted by maskrcnn_pp"},
-            "images": [{"id": s.coco_id, "file_name": file_names[s.image_id],
-                        "height": s.height, "width": s.width} for s in chosen],
-            "annotations": [a for s in chosen for a in s.annotations],
-            "categories": [NUCLEUS_CATEGORY]})
-    return report
+    def coco_dict(chosen: list[_Sample]) -> dict:
+        return {"info": {"description": f"instance label images of {src}, converted by "
+                                        "maskrcnn_pp"},
+                "images": [{"id": s.coco_id, "file_name": file_names[s.image_id],
+                            "height": s.height, "width": s.width} for s in chosen],
+                "annotations": [a for s in chosen for a in s.annotations],
+                "categories": [NUCLEUS_CATEGORY]}
+
+    return write_conversion(samples, report, out, strict, coco_dict)
 
 
 def _find_layout(root: Path) -> Path | None:

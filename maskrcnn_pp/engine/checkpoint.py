@@ -203,7 +203,7 @@ def _require_unsafe_permission(filename: str, reason: str, allow_unsafe_pickle: 
 
 def _corrupt(filename: str, what: str, err: BaseException) -> CorruptCheckpointError:
     reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return CorruptCheckpointError(f"weights file {filename} is truncated or not {what} "
+    return CorruptCheckpointError(f"checkpoint {filename} is truncated or not {what} "
                                   f"({reason})")
 
 

@@ -147,13 +147,19 @@ class SemanticEvaluator(DatasetEvaluator):
         return {"sem_seg": results}
 
 
-def pruning_rows(model: nn.Module, data_loader, dataset_name: str) -> list[dict]:
-    """Fig. 3 of the paper as rows: parameters, ms per image, IoU and Dice of UNet++ L1..L_L
-    and of the accurate mode, measured on ``data_loader``."""
+def _prunable(model: nn.Module) -> nn.Module:
+    """The semantic network inside ``model``, if it has pruning levels to compare."""
     net_owner = getattr(model, "module", model)
     if len(net_owner.levels) < 2:
         raise UserError("pruning needs UNet++ with deep supervision "
                          "(MODEL.SEMANTIC.ARCH 'unetpp', DEEP_SUPERVISION True)")
+    return net_owner
+
+
+def pruning_rows(model: nn.Module, data_loader, dataset_name: str) -> list[dict]:
+    """Fig. 3 of the paper as rows: parameters, ms per image, IoU and Dice of UNet++ L1..L_L
+    and of the accurate mode, measured on ``data_loader``."""
+    net_owner = _prunable(model)
     evaluator = SemanticEvaluator(dataset_name, model)
     scores = inference_on_dataset(model, data_loader, evaluator)["sem_seg"]
     rows = []
@@ -224,6 +230,7 @@ def prune_report(cfg: CfgNode, dataset_name: str, output_dir: Path, *,
         raise UserError(f"MODEL.WEIGHTS {weights!r} is not a file: the report needs trained "
                         "weights")
     model = build_model(cfg)
+    _prunable(model)  # a config that cannot be pruned is the first thing to say
     load_inference_weights(model, weights, allow_unsafe_pickle=allow_unsafe_pickle)
     rows = pruning_rows(model, build_semantic_test_loader(cfg, dataset_name), dataset_name)
     title = f"UNet++ pruning on {dataset_name} ({cfg.MODEL.DEVICE})"

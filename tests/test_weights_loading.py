@@ -7,6 +7,7 @@ import os
 import pickle
 import subprocess
 import sys
+from datetime import date
 
 import numpy as np
 import pytest
@@ -316,3 +317,38 @@ def test_prune_report_refuses_weights_of_another_model(baseline_weights, tmp_pat
         QUICK / "semantic_2d_quick.yaml", "--weights", baseline_weights, "--dataset",
         "liver_val", "--output", tmp_path / "report")
     assert code == 2 and "matches none" in captured.err and "Traceback" not in captured.err
+
+
+def _train_net(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "train_net.py"), *args],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def test_torchvision_checkpoint_trains_through_train_net_and_only_the_flag_unpickles(tmp_path):
+    net = _random_torchvision_resnet(18)
+    # a training checkpoint whose extra entry needs full unpickling (a datetime.date)
+    torch.save({"state_dict": net.state_dict(), "saved_on": date(2024, 1, 31)},
+               tmp_path / "tv.pth")
+    args = ["--config-file", QUICK_PP, "MODEL.WEIGHTS", str(tmp_path / "tv.pth"), *FROZEN_BN,
+            "SOLVER.MAX_ITER", "1", "SOLVER.BASE_LR", "0.0", "OUTPUT_DIR", str(tmp_path / "run")]
+    refused = _train_net(*args)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "tv.pth: it does not load with torch.load(weights_only=True)" in refused.stderr
+    assert "--allow-unsafe-pickle" in refused.stderr.strip().splitlines()[-1]
+
+    proc = _train_net("--allow-unsafe-pickle", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trunk_size = len(_trunk_sources(net))
+    assert f"backbone.bottom_up: {trunk_size} matched, 0 missing" in proc.stdout + proc.stderr
+    final = torch.load(tmp_path / "run" / "model_final.pth", weights_only=True)["model"]
+    assert torch.equal(final["backbone.bottom_up.res5.1.conv2.norm.running_var"],
+                       net.layer4[1].bn2.running_var)
+
+
+def test_eval_only_refuses_the_baseline_weights_for_the_pp_config(baseline_weights, tmp_path):
+    proc = _train_net("--config-file", QUICK_PP, "--eval-only", "MODEL.WEIGHTS",
+                      str(baseline_weights), "OUTPUT_DIR", str(tmp_path / "eval"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "does not fit the model" in last and "are not in it (backbone." in last

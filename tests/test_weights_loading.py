@@ -352,3 +352,9 @@ def test_eval_only_refuses_the_baseline_weights_for_the_pp_config(baseline_weigh
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert "does not fit the model" in last and "are not in it (backbone." in last
+
+
+def test_a_dict_without_weights_is_refused_not_a_traceback(tmp_path):
+    torch.save({"epoch": 3, "notes": "not weights"}, tmp_path / "meta.pth")
+    with pytest.raises(MismatchedCheckpointError, match="meta.pth matches none"):
+        SafeCheckpointer(torch.nn.Linear(2, 2)).load(str(tmp_path / "meta.pth"), [])

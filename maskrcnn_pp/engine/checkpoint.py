@@ -1,6 +1,6 @@
 """Checkpoints that survive a kill at any moment and never run code from a file by default.
 
-:class:`SafeCheckpointer` is Detectron2's ``DetectionCheckpointer`` with three changes:
+:class:`SafeCheckpointer` is Detectron2's ``DetectionCheckpointer`` with these changes:
 
 * saving is atomic: the ``.pth`` file and then the ``last_checkpoint`` tag are each written to
   a temporary file in the same folder, fsynced and renamed into place, so ``--resume`` only
@@ -449,7 +449,9 @@ class SafeCheckpointer(DetectionCheckpointer):
     def _load_model(self, checkpoint: dict[str, Any]):
         """Rename the file's weights to the model's, check that they fit, then load them."""
         own = self.model.state_dict()
-        state = checkpoint["model"]
+        # entries that are not arrays (an epoch count, a name) cannot be weights
+        state = {key: value for key, value in checkpoint["model"].items()
+                 if isinstance(value, (torch.Tensor, np.ndarray))}
         self._convert_ndarray_to_tensor(state)
         state = convert_to_detectron2_resnet(state)
         trunk = _trunk_prefix(own)

@@ -2,6 +2,7 @@
 not fit the model (strict for inference and resume, per-module report for initialization)."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import pickle
@@ -94,7 +95,9 @@ def test_torchvision_resnet_state_dict_loads_through_model_weights(tmp_path, dep
 def test_timm_checkpoint_wrappers_and_module_prefix(tmp_path):
     net = _random_torchvision_resnet(18)
     state = {f"module.{k}": v for k, v in net.state_dict().items()}
-    torch.save({"epoch": 3, "arch": "resnet18", "state_dict": state}, tmp_path / "timm.pth.tar")
+    # timm's train.py keeps its argparse arguments beside the weights
+    torch.save({"epoch": 3, "arch": "resnet18", "state_dict": state,
+                "args": argparse.Namespace(lr=0.1, model="resnet18")}, tmp_path / "timm.pth.tar")
     model = _init_from(QUICK_PP, tmp_path / "timm.pth.tar", *FROZEN_BN)
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():

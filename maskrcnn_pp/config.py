@@ -3,6 +3,13 @@ from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
 
+from .utils.errors import UserError
+
+__all__ = ["add_maskrcnn_pp_config", "check_input_config"]
+
+# Channels of the image each INPUT.FORMAT gives the model.
+_FORMAT_CHANNELS = {"BGR": 3, "RGB": 3, "YUV-BT.601": 3, "L": 1}
+
 
 def add_maskrcnn_pp_config(cfg: CN) -> CN:
     """Add every maskrcnn_pp key, with its default, to a Detectron2 config (in place).
@@ -88,11 +95,30 @@ def _add_semantic_config(cfg: CN) -> None:
 
 def _add_runtime_config(cfg: CN) -> None:
     """Training-loop options that Detectron2 lacks."""
-    # Weights needing full unpickling (legacy .pkl) can run code: refused unless True
-    # (tools/train_net.py --allow-unsafe-pickle).
+    # Only False: full unpickling (which can run code) is allowed by the command line
+    # (--allow-unsafe-pickle) or an explicit Python argument, never by a config file; the
+    # key stays so that configs saved by earlier versions still load.
     if "ALLOW_UNSAFE_PICKLE" not in cfg.MODEL:
         cfg.MODEL.ALLOW_UNSAFE_PICKLE = False
     # An image that fails to decode stops training with its file name; True skips it
     # with a warning that keeps count.
     if "SKIP_BAD_IMAGES" not in cfg.DATALOADER:
         cfg.DATALOADER.SKIP_BAD_IMAGES = False
+
+
+def check_input_config(cfg: CN, source: str) -> None:
+    """Refuse, naming the keys, what a config file or override (``source``) may not say:
+    a permission only the command line gives, or a pixel mean/std whose length differs
+    from the channels of INPUT.FORMAT (Detectron2 would fail later, far from the cause)."""
+    if cfg.MODEL.ALLOW_UNSAFE_PICKLE:
+        raise UserError(f"{source}: MODEL.ALLOW_UNSAFE_PICKLE cannot be set by a config file or "
+                        "override; pass --allow-unsafe-pickle on the command line (or "
+                        "allow_unsafe_pickle=True in Python) if you trust the weights file")
+    channels = _FORMAT_CHANNELS.get(cfg.INPUT.FORMAT)
+    if channels is None:
+        return
+    for key in ("PIXEL_MEAN", "PIXEL_STD"):
+        values = list(cfg.MODEL[key])
+        if len(values) != channels:
+            raise UserError(f"{source}: MODEL.{key} has {len(values)} value(s) {values} but "
+                            f"INPUT.FORMAT {cfg.INPUT.FORMAT} gives {channels} channel(s)")

@@ -22,6 +22,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", default=None,
                         help="registered data set to measure on (default: first DATASETS.TEST)")
     parser.add_argument("--output", required=True, help="folder for the report files")
+    parser.add_argument("--allow-unsafe-pickle", action="store_true",
+                        help="allow weights that need full unpickling (can run arbitrary code)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                         help="config overrides as KEY VALUE pairs")
     return parser.parse_args(argv)
@@ -34,7 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.dataset is None and not cfg.DATASETS.TEST:
         raise UserError(f"{args.config_file}: DATASETS.TEST is empty; pass --dataset")
     dataset = args.dataset or cfg.DATASETS.TEST[0]
-    paths = prune_report(cfg, dataset, args.output)
+    paths = prune_report(cfg, dataset, args.output,
+                         allow_unsafe_pickle=args.allow_unsafe_pickle)
     print(paths["md"].read_text(), end="")
     print(f"written: {', '.join(str(p) for p in paths.values())}")
 

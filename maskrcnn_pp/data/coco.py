@@ -14,7 +14,7 @@ from pycocotools import mask as mask_util
 from ..utils.errors import UserError
 
 __all__ = ["datasets_root", "DatasetNotPreparedError", "mask_to_annotation",
-           "register_coco_instances_lazy"]
+           "register_coco_instances_lazy", "register_nuclei_coco"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -64,3 +64,15 @@ def register_coco_instances_lazy(name: str, json_file: PathLike, image_root: Pat
     DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root,
                                   evaluator_type="coco", **(metadata or {}))
+
+
+def register_nuclei_coco(name: str, json_file: PathLike, image_root: PathLike) -> None:
+    """Register a COCO instance file of nuclei or cells (yours, or one written by
+    ``datasets/prepare_instances.py``) as data set ``name``, for training and evaluation.
+
+    Its metadata asks for the nuclei metrics beside COCO's (``nuclei=True``); category names
+    come from the file. Nothing is read until the data set is used.
+    """
+    register_coco_instances_lazy(name, json_file, image_root, metadata={"nuclei": True},
+                                 missing_hint="Write it with datasets/prepare_instances.py, or "
+                                              "point register_nuclei_coco at your COCO file.")

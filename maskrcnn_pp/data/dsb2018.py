@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 import cv2
 import numpy as np
@@ -34,7 +34,7 @@ from .sources import display_name, source_root
 __all__ = [
     "NUCLEUS_CATEGORY", "ConversionReport", "Problem", "convert_dsb2018",
     "find_sample_folders", "register_dsb2018", "prepare_command", "read_image_bgr8",
-    "read_mask", "SampleProblem", "split_val_ids",
+    "read_mask", "SampleProblem", "split_val_ids", "write_conversion",
 ]
 
 logger = logging.getLogger(__name__)
@@ -149,8 +149,16 @@ def convert_dsb2018(src: PathLike, out: PathLike, val_fraction: float = 0.1, see
                     report.overlaps.append({"image": sample.image_id,
                                             "overlap_pixels": sample.overlap_pixels})
 
+    return write_conversion(samples, report, out, strict, _coco_dict)
+
+
+def write_conversion(samples: list[_Sample], report: ConversionReport, out: Path, strict: bool,
+                     coco_dict: Callable[[list[_Sample]], dict]) -> ConversionReport:
+    """The end every instance converter shares: COCO ids, the seeded train/val split,
+    ``report.json``, then (unless ``strict`` and something was skipped) one COCO file per
+    split made by ``coco_dict``."""
     _assign_coco_ids(samples)
-    val_ids = split_val_ids([s.image_id for s in samples], val_fraction, seed)
+    val_ids = split_val_ids([s.image_id for s in samples], report.val_fraction, report.seed)
     splits = {split: [s for s in samples if (s.image_id in val_ids) == (split == "val")]
               for split in SPLITS}
     report.images_converted = len(samples)
@@ -158,10 +166,10 @@ def convert_dsb2018(src: PathLike, out: PathLike, val_fraction: float = 0.1, see
     report.split_images = {split: len(chosen) for split, chosen in splits.items()}
     atomic_write_json(out / "report.json", report.to_dict(), indent=2)
     if strict and report.problems:
-        raise UserError(f"{len(report.problems)} problem(s) in {src} (--strict); "
+        raise UserError(f"{len(report.problems)} problem(s) in {report.source} (--strict); "
                         f"annotations not written, see {out / 'report.json'}")
     for split, chosen in splits.items():
-        atomic_write_json(out / "annotations" / f"instances_{split}.json", _coco_dict(chosen))
+        atomic_write_json(out / "annotations" / f"instances_{split}.json", coco_dict(chosen))
     return report
 
 

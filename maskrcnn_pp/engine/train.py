@@ -21,18 +21,18 @@ def argument_parser():
 
 def run(args):
     """One process's work: ``--eval-only`` evaluation, or training (resumed with --resume)."""
-    if getattr(args, "allow_unsafe_pickle", False):
-        args.opts = [*args.opts, "MODEL.ALLOW_UNSAFE_PICKLE", "True"]
+    allow_unsafe_pickle = getattr(args, "allow_unsafe_pickle", False)
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        Trainer.build_checkpointer(cfg, model).resume_or_load(cfg.MODEL.WEIGHTS,
-                                                             resume=args.resume)
+        Trainer.build_checkpointer(cfg, model, allow_unsafe_pickle=allow_unsafe_pickle,
+                                   require_all_weights=True).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)
         return results
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, allow_unsafe_pickle=allow_unsafe_pickle)
     trainer.resume_or_load(resume=args.resume)
     try:
         return trainer.train()

@@ -23,7 +23,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from .. import compat
-from ..config import add_maskrcnn_pp_config
+from ..config import add_maskrcnn_pp_config, check_input_config
 from ..data.mapper import CheckedDatasetMapper
 from ..data.sampling import build_resumable_train_loader
 from ..data.semantic import build_semantic_test_loader, build_semantic_train_loader
@@ -78,7 +78,7 @@ class Trainer(DefaultTrainer):
     ``metrics.json`` records written after that checkpoint.
     """
 
-    def __init__(self, cfg: CfgNode):
+    def __init__(self, cfg: CfgNode, *, allow_unsafe_pickle: bool = False):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -91,19 +91,21 @@ class Trainer(DefaultTrainer):
         self._trainer = (CheckedAMPTrainer if use_amp else CheckedSimpleTrainer)(
             model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = self.build_checkpointer(cfg, model, trainer=weakref.proxy(self))
+        self.checkpointer = self.build_checkpointer(cfg, model, trainer=weakref.proxy(self),
+                                                    allow_unsafe_pickle=allow_unsafe_pickle)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
     @classmethod
-    def build_checkpointer(cls, cfg: CfgNode, model: torch.nn.Module,
+    def build_checkpointer(cls, cfg: CfgNode, model: torch.nn.Module, *,
+                           allow_unsafe_pickle: bool = False, require_all_weights: bool = False,
                            **checkpointables) -> SafeCheckpointer:
-        """Atomic, weights-only checkpoints; pickles only with MODEL.ALLOW_UNSAFE_PICKLE."""
-        return SafeCheckpointer(model, cfg.OUTPUT_DIR,
-                                allow_unsafe_pickle=cfg.MODEL.ALLOW_UNSAFE_PICKLE,
-                                **checkpointables)
+        """Atomic checkpoints that never run code from a file unless ``allow_unsafe_pickle``
+        (--allow-unsafe-pickle; a config file cannot allow it)."""
+        return SafeCheckpointer(model, cfg.OUTPUT_DIR, allow_unsafe_pickle=allow_unsafe_pickle,
+                                require_all_weights=require_all_weights, **checkpointables)
 
     @property
     def _sampler(self):
@@ -237,6 +239,7 @@ def load_config(config_file: str, opts: Optional[List[str]] = None) -> CfgNode:
         raise UserError(f"{config_file}: {err.args[0]}") from None
     except (ValueError, AssertionError, TypeError) as err:
         raise UserError(f"{config_file}: {err}") from None
+    check_input_config(cfg, config_file)
     for key in ("TRAIN", "TEST"):
         for name in cfg.DATASETS[key]:
             if name not in DatasetCatalog.list():

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
@@ -24,6 +23,7 @@ from detectron2.utils import comm
 from torch import nn
 
 from ..data.semantic import build_semantic_test_loader
+from ..engine.checkpoint import load_inference_weights
 from ..modeling.semantic_arch import build_semantic_net
 from ..utils.errors import UserError
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -147,13 +147,19 @@ class SemanticEvaluator(DatasetEvaluator):
         return {"sem_seg": results}
 
 
-def pruning_rows(model: nn.Module, data_loader, dataset_name: str) -> list[dict]:
-    """Fig. 3 of the paper as rows: parameters, ms per image, IoU and Dice of UNet++ L1..L_L
-    and of the accurate mode, measured on ``data_loader``."""
+def _prunable(model: nn.Module) -> nn.Module:
+    """The semantic network inside ``model``, if it has pruning levels to compare."""
     net_owner = getattr(model, "module", model)
     if len(net_owner.levels) < 2:
         raise UserError("pruning needs UNet++ with deep supervision "
                          "(MODEL.SEMANTIC.ARCH 'unetpp', DEEP_SUPERVISION True)")
+    return net_owner
+
+
+def pruning_rows(model: nn.Module, data_loader, dataset_name: str) -> list[dict]:
+    """Fig. 3 of the paper as rows: parameters, ms per image, IoU and Dice of UNet++ L1..L_L
+    and of the accurate mode, measured on ``data_loader``."""
+    net_owner = _prunable(model)
     evaluator = SemanticEvaluator(dataset_name, model)
     scores = inference_on_dataset(model, data_loader, evaluator)["sem_seg"]
     rows = []
@@ -211,9 +217,10 @@ def write_pruning_report(rows: Sequence[dict], output_dir: Path, title: str) -> 
     return paths
 
 
-def prune_report(cfg: CfgNode, dataset_name: str, output_dir: Path) -> dict[str, Path]:
-    """Build the model of ``cfg``, load ``cfg.MODEL.WEIGHTS``, measure every pruning level on
-    ``dataset_name`` and write the report (see :func:`write_pruning_report`)."""
+def prune_report(cfg: CfgNode, dataset_name: str, output_dir: Path, *,
+                 allow_unsafe_pickle: bool = False) -> dict[str, Path]:
+    """Build the model of ``cfg``, load all of it from ``cfg.MODEL.WEIGHTS``, measure every
+    pruning level on ``dataset_name`` and write the report (see :func:`write_pruning_report`)."""
     if dataset_name not in DatasetCatalog.list():
         semantic = [n for n in DatasetCatalog.list()
                     if MetadataCatalog.get(n).get("evaluator_type") == "semantic"]
@@ -223,7 +230,8 @@ def prune_report(cfg: CfgNode, dataset_name: str, output_dir: Path) -> dict[str,
         raise UserError(f"MODEL.WEIGHTS {weights!r} is not a file: the report needs trained "
                         "weights")
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    _prunable(model)  # a config that cannot be pruned is the first thing to say
+    load_inference_weights(model, weights, allow_unsafe_pickle=allow_unsafe_pickle)
     rows = pruning_rows(model, build_semantic_test_loader(cfg, dataset_name), dataset_name)
     title = f"UNet++ pruning on {dataset_name} ({cfg.MODEL.DEVICE})"
     return write_pruning_report(rows, output_dir, title)

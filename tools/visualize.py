@@ -27,13 +27,13 @@ import argparse
 import logging
 
 from maskrcnn_pp.engine.checkpoint import SafeCheckpointer
-from maskrcnn_pp.engine.predictor import NucleiPredictor
 from maskrcnn_pp.engine.trainer import Trainer, is_semantic, load_config
 from maskrcnn_pp.evaluation.visualization import (
     render_dataset_predictions,
     render_results_file,
     render_semantic_predictions,
 )
+from maskrcnn_pp.inference import load_predictor
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
 
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _render_instances(cfg, args):
-    predictor = NucleiPredictor.from_config(
+    predictor = load_predictor(
         cfg, args.weights, allow_unsafe_pickle=args.allow_unsafe_pickle,
         score_thresh=args.score_thresh, tile_size=args.tile_size,
         tile_overlap=args.tile_overlap)

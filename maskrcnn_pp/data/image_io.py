@@ -95,28 +95,50 @@ def normalize_intensity(pixels: np.ndarray, intensity: Intensity | None = None) 
     return np.rint(scaled).astype(np.uint8)
 
 
-def _read_tiff(path: PathLike, page: Optional[int]) -> np.ndarray:
-    """One image (H, W) or (H, W, S) of a TIFF; ``page`` indexes the stack's other axes."""
+def _tiff_stack(path: PathLike, data: np.ndarray) -> tuple[np.ndarray, str]:
+    """All images of a TIFF as (N, H, W[, S]) and the file's axes.
+
+    tifffile keeps the axes; OpenCV decodes what tifffile lacks a codec for (LZW and JPEG
+    need the optional ``imagecodecs``), one page per image.
+    """
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes, pixels = series.axes, series.asarray()
-    except (tifffile.TiffFileError, ValueError, IndexError, OSError) as err:
-        raise UnreadableImageError(path, f"cannot be decoded as a TIFF ({err})") from None
+    except (tifffile.TiffFileError, ValueError, KeyError, IndexError, OSError) as err:
+        ok, pages = cv2.imdecodemulti(data, cv2.IMREAD_UNCHANGED)
+        if not ok or not pages:
+            raise UnreadableImageError(path, f"cannot be decoded as a TIFF ({err})") from None
+        pages = [_bgr_to_rgb(page) for page in pages]
+        return np.stack(pages), "IYXS" if pages[0].ndim == 3 else "IYX"
     if "Y" not in axes or "X" not in axes:
         raise UnreadableImageError(path, f"TIFF axes {axes} hold no YX image")
     image_axes = [axes.index(a) for a in "YXS" if a in axes]
     other = [i for i in range(len(axes)) if i not in image_axes]
     stack = pixels.transpose(other + image_axes).reshape(
         (-1, *(pixels.shape[i] for i in image_axes)))
+    return stack, axes
+
+
+def _read_tiff(path: PathLike, data: np.ndarray, page: Optional[int]) -> np.ndarray:
+    """One image (H, W) or (H, W, S) of a TIFF; ``page`` indexes the stack's other axes."""
+    stack, axes = _tiff_stack(path, data)
     if page is None and len(stack) > 1:
         raise UnreadableImageError(
-            path, f"holds {len(stack)} images (axes {axes}, shape {pixels.shape}); choose one "
+            path, f"holds {len(stack)} images (axes {axes}, shape {stack.shape}); choose one "
                   "with page=K (--page K in tools/predict.py)")
     page = page or 0
     if not 0 <= page < len(stack):
         raise UnreadableImageError(path, f"has no page {page}: it holds {len(stack)} image(s)")
     return stack[page]
+
+
+def _bgr_to_rgb(pixels: np.ndarray) -> np.ndarray:
+    """OpenCV's BGR(A) colour order to RGB(A); gray as it is."""
+    if pixels.ndim == 3 and pixels.shape[2] in (3, 4):
+        return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB if pixels.shape[2] == 3
+                            else cv2.COLOR_BGRA2RGBA)
+    return pixels
 
 
 def decode_image_file(path: PathLike, page: Optional[int] = None) -> np.ndarray:
@@ -129,17 +151,14 @@ def decode_image_file(path: PathLike, page: Optional[int] = None) -> np.ndarray:
         raise UnreadableImageError(path, "file is empty")
     if str(path).lower().endswith(TIFF_EXTENSIONS) or data[:4].tobytes() in (
             b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return _read_tiff(path, page)
+        return _read_tiff(path, data, page)
     if page:
         raise UnreadableImageError(path, f"has no page {page}: only TIFF files hold several")
     pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if pixels is None:
         raise UnreadableImageError(path, "cannot be decoded as an image (corrupt, truncated "
                                          f"or not one of {', '.join(IMAGE_EXTENSIONS)})")
-    if pixels.ndim == 3 and pixels.shape[2] in (3, 4):
-        pixels = cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB if pixels.shape[2] == 3
-                              else cv2.COLOR_BGRA2RGBA)
-    return pixels
+    return _bgr_to_rgb(pixels)
 
 
 def _rgb8(pixels: np.ndarray, intensity: Intensity | None, channel: Optional[int]

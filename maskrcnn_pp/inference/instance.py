@@ -43,6 +43,8 @@ def crop_rle(top: int, left: int, mask: np.ndarray, height: int, width: int) -> 
     ends = np.concatenate([ends[:-1][~joined], ends[-1:]])
     bounds = np.stack([starts, ends], axis=1).ravel()
     counts = np.diff(np.concatenate([[0], bounds, [height * width]]))
+    if counts[-1] == 0:     # a mask that ends at the last pixel has no trailing background
+        counts = counts[:-1]
     rle = mask_util.frPyObjects({"counts": counts.tolist(), "size": [height, width]},
                                 height, width)
     rle["counts"] = rle["counts"].decode("ascii")

@@ -142,8 +142,9 @@ def tile_detections(instances: Instances, window: Window, tile_index: int,
                     image_size: tuple[int, int], score_thresh: float) -> list[Detection]:
     """The tile's instances scoring at least ``score_thresh``, cropped to their masks.
 
-    ``pred_masks`` are (N, h, w) at the tile's size; with ``pred_boxes`` only each box
-    (plus :data:`BOX_MARGIN`) is scanned, so the cost is the boxes' area.
+    ``pred_masks`` are (N, h, w) at the tile's size (a tensor, an array, or anything that
+    gives ``masks[k, rows, cols]``); with ``pred_boxes`` only each box (plus
+    :data:`BOX_MARGIN`) is read, so the cost is the boxes' area.
     """
     tile_size = (window.bottom - window.top, window.right - window.left)
     masks = instances.pred_masks

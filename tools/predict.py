@@ -69,7 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="pixels shared by neighbouring tiles, larger than a nucleus; "
                              "default a quarter of the tile size")
     parser.add_argument("--page", type=int, metavar="K",
-                        help="the image of multi-page TIFFs to use (0-based)")
+                        help="the image of multi-page TIFFs to use (0-based; other formats "
+                             "hold one image)")
     parser.add_argument("--channel", type=int, metavar="C",
                         help="use this channel of colour images, as gray (0-based)")
     parser.add_argument("--label-format", choices=LABEL_FORMATS, default="tif",

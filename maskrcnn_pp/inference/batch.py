@@ -36,7 +36,12 @@ from detectron2.config import CfgNode
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..data.image_io import IMAGE_EXTENSIONS, UnreadableImageError, decode_image_file
+from ..data.image_io import (
+    IMAGE_EXTENSIONS,
+    TIFF_EXTENSIONS,
+    UnreadableImageError,
+    decode_image_file,
+)
 from ..data.semantic import NIFTI_SUFFIXES, SemanticDataError, read_nifti
 from ..evaluation.nuclei import load_coco_ground_truth
 from ..utils.errors import UserError
@@ -268,7 +273,8 @@ def _read_input(item: InputImage, predictor, options: WriteOptions
         return predictor.prepare(volume.transpose(2, 1, 0)), affine, None
     if getattr(predictor, "dims", 2) == 3:
         raise UnreadableImageError(item.path, "a 3D model predicts on NIfTI volumes only")
-    pixels = decode_image_file(item.path, options.page)
+    is_tiff = item.path.suffix.lower() in TIFF_EXTENSIONS    # only TIFFs hold pages
+    pixels = decode_image_file(item.path, options.page if is_tiff else None)
     try:
         prepared = predictor.prepare(pixels, options.channel)
     except UserError as err:

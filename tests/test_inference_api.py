@@ -163,9 +163,13 @@ def test_cli_semantic_2d_pages_probabilities_skips_and_resume(tmp_path, weights,
     assert len((out / PROGRESS_FILE).read_text().splitlines()) == 2
 
     (out / "labels" / "a.tif").unlink()
+    with open(out / PROGRESS_FILE, "a") as lines:            # what a kill leaves behind
+        lines.write('{"image": {"id": 3, "file_na')
     code, stdout, _ = predict(capsys, *common, "--page", "1", "--resume", "--no-overlays")
     assert code == 0 and "2 already done, 1 skipped" in stdout
     assert not (out / "labels" / "a.tif").exists()          # not predicted again
+    assert [json.loads(line)["image"]["file_name"]
+            for line in (out / PROGRESS_FILE).read_text().splitlines()] == ["a.png", "b.tif"]
     code, _, err = predict(capsys, *common)                   # b.tif needs --page
     assert code == 0 and "b.tif: holds 2 images" in err
 

@@ -343,7 +343,7 @@ def test_results_json_labels_and_overlays(tmp_path):
 # --------------------------------------------------------------------------- inputs
 
 
-def test_find_images_and_config_overrides(tmp_path):
+def test_find_inputs_and_config_overrides(tmp_path):
     (tmp_path / "in" / "sub").mkdir(parents=True)
     for name in ("b.png", "sub/a.TIF", "notes.txt", "sub/c.jpeg"):
         (tmp_path / "in" / name).write_bytes(b"x")

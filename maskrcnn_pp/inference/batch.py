@@ -45,7 +45,7 @@ from ..data.image_io import (
 from ..data.semantic import NIFTI_SUFFIXES, SemanticDataError, read_nifti
 from ..evaluation.nuclei import load_coco_ground_truth
 from ..utils.errors import UserError
-from ..utils.io import atomic_write_bytes, atomic_write_json, fsync_folder
+from ..utils.io import atomic_write_bytes, atomic_write_json, cut_json_lines, fsync_folder
 from .overlay import draw_label_overlay
 
 __all__ = [
@@ -233,26 +233,6 @@ def _write_nifti(path: Path, array_zyx: np.ndarray, affine: np.ndarray) -> None:
     atomic_write_bytes(path, gzip.compress(image.to_bytes(), compresslevel=6))
 
 
-def _read_done(progress_file: Path) -> list[dict]:
-    """The finished images' lines; a torn last line (a crash while writing) is cut off."""
-    if not progress_file.is_file():
-        return []
-    done, keep = [], 0
-    with open(progress_file, "rb") as lines:
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                break
-            if not line.endswith(b"\n"):
-                break
-            done.append(record)
-            keep += len(line)
-    if keep < progress_file.stat().st_size:
-        os.truncate(progress_file, keep)
-    return done
-
-
 def _append_line(progress_file: Path, record: dict) -> None:
     with open(progress_file, "a", encoding="utf-8") as lines:
         lines.write(json.dumps(record) + "\n")
@@ -330,7 +310,7 @@ def predict_files(predictor, images: Sequence[InputImage], output_dir: PathLike,
     progress_file = output_dir / PROGRESS_FILE
     if not resume:
         progress_file.unlink(missing_ok=True)
-    done = {record["image"]["file_name"]: record for record in _read_done(progress_file)}
+    done = {record["image"]["file_name"]: record for record in cut_json_lines(progress_file)}
     run = PredictionRun(output_dir)
     category_ids, class_names = _category_ids(metadata), _class_names(metadata)
     for number, item in _iterate(images, progress):

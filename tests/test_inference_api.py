@@ -126,6 +126,12 @@ def test_exported_model_file_builds_the_same_kind_of_predictor(monkeypatch):
         load_predictor("out/pp/model.ts", "weights.pth")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the message of a CPU machine")
+def test_cuda_without_a_gpu_is_one_clear_error(weights):
+    with pytest.raises(UserError, match="device 'cuda' asked for, but no CUDA device"):
+        load_predictor(QUICK["2d"], weights["2d"], device="cuda")
+
+
 # --------------------------------------------------------------------------- the CLI
 
 

@@ -69,6 +69,8 @@ def load_predictor(config: Union[str, os.PathLike, CfgNode], weights: Optional[s
         raise MissingCheckpointError(f"checkpoint or weights file {weights} does not exist")
     cfg.defrost()
     if device is not None:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"device {device!r} asked for, but no CUDA device is available")
         cfg.MODEL.DEVICE = device
     if level is not None:
         cfg.MODEL.SEMANTIC.INFERENCE_LEVEL = level

@@ -12,9 +12,11 @@ import torch
 from detectron2.modeling import build_model
 from PIL import Image
 
+from maskrcnn_pp.data.image_io import to_format
 from maskrcnn_pp.engine.checkpoint import SafeCheckpointer
 from maskrcnn_pp.engine.trainer import load_config
 from maskrcnn_pp.inference import (
+    DetectronModelRunner,
     InstancePredictor,
     InstanceResult,
     SemanticPredictor,
@@ -64,6 +66,27 @@ def test_instance_models_predict_any_array(weights, kind):
         assert predictor(array).label_image.shape == (70, 60)
     with pytest.raises(UserError, match=r"shape \(3, 70, 60, 2\)"):
         predictor(np.zeros((3, 70, 60, 2), np.uint8))
+
+
+def test_eager_runner_pastes_the_masks_detectron2_pastes_box_by_box(weights):
+    cfg = load_config(QUICK["pp"], ["TEST.DETECTIONS_PER_IMAGE", "20",
+                                    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
+    model = build_model(cfg).eval()
+    SafeCheckpointer(model).load(weights["pp"], checkpointables=[])
+    tile = np.random.default_rng(5).integers(0, 255, (100, 90, 3), dtype=np.uint8)
+    runner = DetectronModelRunner(model, cfg)
+    ours = runner(tile)
+    resized = runner.resize.get_transform(tile).apply_image(to_format(tile, cfg.INPUT.FORMAT))
+    with torch.no_grad():
+        theirs = model([{"image": torch.as_tensor(resized.transpose(2, 0, 1).copy()),
+                         "height": 100, "width": 90}])[0]["instances"]
+    assert len(ours) == len(theirs) > 0 and ours.pred_masks.shape == (len(ours), 100, 90)
+    assert torch.equal(ours.pred_boxes.tensor, theirs.pred_boxes.tensor)
+    assert torch.equal(ours.scores, theirs.scores)
+    for k in range(len(ours)):
+        np.testing.assert_array_equal(ours.pred_masks[k, :, :], theirs.pred_masks[k].numpy())
+        np.testing.assert_array_equal(ours.pred_masks[k, 10:40, 5:80],
+                                      theirs.pred_masks[k, 10:40, 5:80].numpy())
 
 
 def test_semantic_2d_model_predicts_images_of_any_size(weights):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
+from detectron2.layers.mask_ops import _do_paste_mask
 from detectron2.structures import Instances
 from pycocotools import mask as mask_util
 from tqdm import tqdm
@@ -24,7 +25,7 @@ from ..data.image_io import Intensity, array_to_rgb8, to_format
 from .tiling import Detection, check_tiling, merge_tiles, tile_detections, tile_windows
 
 __all__ = ["InstanceModelFn", "InstanceResult", "InstancePredictor", "DetectronModelRunner",
-           "crop_rle"]
+           "PastedMasks", "crop_rle"]
 
 InstanceModelFn = Callable[[np.ndarray], Instances]
 
@@ -124,10 +125,46 @@ class InstanceResult:
                                                      boxes)]
 
 
+class PastedMasks:
+    """A detector's (N, M, M) mask probabilities as (N, H, W) boolean masks, pasted into
+    their boxes only where read (``masks[k, rows, cols]``).
+
+    Each read runs what Detectron2's ``paste_masks_in_image`` runs for one box on the CPU
+    (``_do_paste_mask`` over the box's region, then ``>= threshold``), so the masks are the
+    same, but a tile's masks cost their boxes' area instead of N full tiles.
+    """
+
+    def __init__(self, probabilities: torch.Tensor, boxes: torch.Tensor, height: int,
+                 width: int, threshold: float = 0.5):
+        self.probabilities, self.boxes = probabilities, boxes
+        self.shape = (len(probabilities), height, width)
+        self.threshold = threshold
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: tuple) -> np.ndarray:
+        k, rows, cols = index
+        rows = range(*rows.indices(self.shape[1]))
+        cols = range(*cols.indices(self.shape[2]))
+        out = np.zeros((len(rows), len(cols)), bool)
+        pasted, (box_rows, box_cols) = _do_paste_mask(
+            self.probabilities[k:k + 1, None], self.boxes[k:k + 1], *self.shape[1:],
+            skip_empty=True)
+        top, bottom = max(rows.start, box_rows.start), min(rows.stop, box_rows.stop)
+        left, right = max(cols.start, box_cols.start), min(cols.stop, box_cols.stop)
+        if top < bottom and left < right:
+            out[top - rows.start:bottom - rows.start, left - cols.start:right - cols.start] = (
+                pasted[0, top - box_rows.start:bottom - box_rows.start,
+                       left - box_cols.start:right - box_cols.start] >= self.threshold).numpy()
+        return out
+
+
 class DetectronModelRunner:
     """The eager network callable of a Detectron2 detector: an 8-bit RGB tile (h, w, 3)
     in, ``Instances`` of that tile out (on the CPU), with ``DefaultPredictor``'s
-    pre-processing: channel order by ``cfg.INPUT.FORMAT`` and the test resize."""
+    pre-processing (channel order by ``cfg.INPUT.FORMAT``, the test resize) and
+    ``detector_postprocess``'s box scaling; masks come as :class:`PastedMasks`."""
 
     def __init__(self, model: torch.nn.Module, cfg: CfgNode):
         self.model = model.eval()
@@ -142,8 +179,17 @@ class DetectronModelRunner:
         resized = self.resize.get_transform(image).apply_image(image)
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
         with torch.no_grad():
-            outputs = self.model([{"image": tensor, "height": height, "width": width}])
-        return outputs[0]["instances"].to("cpu")
+            raw = self.model.inference([{"image": tensor, "height": height, "width": width}],
+                                       do_postprocess=False)[0].to("cpu")
+        boxes = raw.pred_boxes.clone()
+        boxes.scale(width / raw.image_size[1], height / raw.image_size[0])
+        boxes.clip((height, width))
+        keep = boxes.nonempty()
+        out = Instances((height, width), pred_boxes=boxes[keep], scores=raw.scores[keep],
+                        pred_classes=raw.pred_classes[keep])
+        out.pred_masks = PastedMasks(raw.pred_masks[keep][:, 0], out.pred_boxes.tensor,
+                                     height, width)
+        return out
 
 
 class InstancePredictor:

@@ -11,6 +11,7 @@ from maskrcnn_pp.data.image_io import (
     Intensity,
     UnreadableImageError,
     array_to_rgb8,
+    decode_image_file,
     normalize_intensity,
     read_image,
     read_image_rgb,
@@ -101,22 +102,22 @@ def test_wrong_arrays_are_one_clear_error(array, message):
 
 
 class Recorder(torch.nn.Module):
-    """A stand-in network that keeps the images it is given and predicts nothing."""
+    """A stand-in detector that keeps the images it is given and detects nothing."""
 
     def __init__(self):
         super().__init__()
         self.inputs = []
 
-    def forward(self, batched):
+    def inference(self, batched, do_postprocess=True):
         from detectron2.structures import Boxes, Instances
 
         self.inputs.append(batched[0]["image"].clone())
-        empty = Instances((batched[0]["height"], batched[0]["width"]))
-        empty.pred_masks = torch.zeros((0, batched[0]["height"], batched[0]["width"]), dtype=bool)
+        empty = Instances(tuple(batched[0]["image"].shape[1:]))
+        empty.pred_masks = torch.zeros((0, 1, 28, 28))
         empty.scores = torch.zeros(0)
         empty.pred_classes = torch.zeros(0, dtype=torch.int64)
         empty.pred_boxes = Boxes(torch.zeros((0, 4)))
-        return [{"instances": empty}]
+        return [empty]
 
 
 @pytest.mark.parametrize("image_format", ["BGR", "L"])
@@ -135,7 +136,7 @@ def test_training_loader_and_predictor_feed_identical_tensors_for_a_16bit_tiff(
 
     network = Recorder()
     predictor = InstancePredictor.from_config(cfg, DetectronModelRunner(network, cfg))
-    predictor(tifffile.imread(path))
+    predictor(decode_image_file(path))             # what tools/predict.py passes
     assert len(network.inputs) == 1
     assert training.dtype == network.inputs[0].dtype
     assert torch.equal(training, network.inputs[0])
@@ -157,6 +158,6 @@ def test_semantic_test_mapper_and_predictor_feed_identical_tensors(tmp_path):
         seen.append(batch[0].clone())
         return torch.zeros((1, 1, *batch.shape[2:]))
 
-    SemanticPredictor.from_config(cfg, model_fn)(tifffile.imread(path))
+    SemanticPredictor.from_config(cfg, model_fn)(decode_image_file(path))
     assert len(seen) == 1 and mapped.shape == (1, 32, 32)
     assert torch.equal(mapped, seen[0])

@@ -23,7 +23,14 @@ from maskrcnn_pp.inference import (
     SemanticResult,
     load_predictor,
 )
-from maskrcnn_pp.inference.batch import IMAGES_INDEX_FILE, PROGRESS_FILE, RESULTS_FILE
+from maskrcnn_pp.inference.batch import (
+    IMAGES_INDEX_FILE,
+    PROGRESS_FILE,
+    RESULTS_FILE,
+    WriteOptions,
+    find_inputs,
+    predict_files,
+)
 from maskrcnn_pp.utils.errors import UserError
 from tests.conftest import ROOT, run_script_main
 
@@ -220,6 +227,26 @@ def test_cli_3d_model_on_nifti_keeps_the_affine(tmp_path, weights, capsys):
     assert nib.load(str(out / "probabilities" / "scan.nii.gz")).shape == (24, 20, 18, 1)
     index = json.loads((out / IMAGES_INDEX_FILE).read_text())
     assert index["images"][0]["depth"] == 18
+
+
+def test_nifti_outputs_keep_the_input_orientation_voxel_for_voxel(tmp_path):
+    """An LPS-ordered volume is predicted in RAS+ (as training reads volumes) and written
+    back in the input's voxel order and affine: a thresholding network must give back
+    exactly the input's bright voxels."""
+    affine = np.diag([-1.5, -1.5, 2.5, 1.0])
+    affine[:3, 3] = [40, 30, -20]
+    volume = np.random.default_rng(6).integers(0, 255, (22, 17, 13)).astype(np.uint8)
+    nib.save(nib.Nifti1Image(volume, affine), str(tmp_path / "lps.nii.gz"))
+    predictor = SemanticPredictor(lambda batch: batch / 255.0, dims=3, network_size=0,
+                                  tile_size=8, tile_overlap=2)
+    predict_files(predictor, find_inputs([tmp_path / "lps.nii.gz"]), tmp_path / "out",
+                  options=WriteOptions(probabilities=True), progress=False)
+    labels = nib.load(str(tmp_path / "out" / "labels" / "lps.nii.gz"))
+    np.testing.assert_allclose(labels.affine, affine)
+    np.testing.assert_array_equal(np.asarray(labels.dataobj), volume > 127.5)
+    probabilities = nib.load(str(tmp_path / "out" / "probabilities" / "lps.nii.gz"))
+    np.testing.assert_allclose(np.asarray(probabilities.dataobj)[..., 0], volume / 255.0,
+                               atol=1e-6)
 
 
 def test_cli_bad_output_folder_and_model_arguments_are_one_line_exit_2(tmp_path, weights,

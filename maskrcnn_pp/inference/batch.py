@@ -225,11 +225,21 @@ def _write_tiff(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _write_nifti(path: Path, array_zyx: np.ndarray, affine: np.ndarray) -> None:
-    """A (K,) D x H x W array as NIfTI (x, y, z[, K]) with ``affine``."""
+@dataclass(frozen=True)
+class _NiftiSpace:
+    """An input volume's affine, and the nibabel orientation transform from the canonical
+    (RAS+) voxel order the network sees (:func:`read_nifti`) back to the input's."""
+
+    affine: np.ndarray
+    to_input: np.ndarray
+
+
+def _write_nifti(path: Path, array_zyx: np.ndarray, space: _NiftiSpace) -> None:
+    """A (K,) D x H x W array as NIfTI (x, y, z[, K]) in the input's voxel order and affine."""
     xyz = np.moveaxis(array_zyx, 0, -1).transpose(2, 1, 0, 3) if array_zyx.ndim == 4 \
         else array_zyx.transpose(2, 1, 0)
-    image = nib.Nifti1Image(np.ascontiguousarray(xyz), affine)
+    xyz = nib.orientations.apply_orientation(xyz, space.to_input)
+    image = nib.Nifti1Image(np.ascontiguousarray(xyz), space.affine)
     atomic_write_bytes(path, gzip.compress(image.to_bytes(), compresslevel=6))
 
 
@@ -241,16 +251,20 @@ def _append_line(progress_file: Path, record: dict) -> None:
 
 
 def _read_input(item: InputImage, predictor, options: WriteOptions
-                ) -> tuple[np.ndarray, Optional[np.ndarray], np.ndarray]:
-    """(network pixels, input's NIfTI affine or None, 8-bit RGB for the overlay or None)."""
+                ) -> tuple[np.ndarray, Optional[_NiftiSpace], Optional[np.ndarray]]:
+    """(network pixels, the input volume's space or None, 8-bit RGB for the overlay or
+    None)."""
     if item.is_volume:
         if predictor.kind != "semantic" or predictor.dims != 3:
             raise UnreadableImageError(item.path, "a NIfTI volume needs a 3D semantic model")
         try:
-            volume, affine = read_nifti(item.path)
+            volume, canonical_affine = read_nifti(item.path)
         except SemanticDataError as err:
             raise UnreadableImageError(item.path, str(err).split(": ", 1)[-1]) from None
-        return predictor.prepare(volume.transpose(2, 1, 0)), affine, None
+        affine = nib.load(str(item.path)).affine
+        space = _NiftiSpace(affine, nib.orientations.ornt_transform(
+            nib.io_orientation(canonical_affine), nib.io_orientation(affine)))
+        return predictor.prepare(volume.transpose(2, 1, 0)), space, None
     if getattr(predictor, "dims", 2) == 3:
         raise UnreadableImageError(item.path, "a 3D model predicts on NIfTI volumes only")
     is_tiff = item.path.suffix.lower() in TIFF_EXTENSIONS    # only TIFFs hold pages
@@ -266,14 +280,14 @@ def _read_input(item: InputImage, predictor, options: WriteOptions
     return prepared, None, rgb[..., ::-1] if predictor.image_format == "BGR" else rgb
 
 
-def _write_outputs(item: InputImage, result, affine, overlay_rgb, output_dir: Path,
-                   options: WriteOptions) -> None:
+def _write_outputs(item: InputImage, result, space: Optional[_NiftiSpace], overlay_rgb,
+                   output_dir: Path, options: WriteOptions) -> None:
     labels = result.label_image
-    if affine is not None:
-        _write_nifti(output_dir / "labels" / f"{item.stem}.nii.gz", labels, affine)
+    if space is not None:
+        _write_nifti(output_dir / "labels" / f"{item.stem}.nii.gz", labels, space)
         if options.probabilities:
             _write_nifti(output_dir / "probabilities" / f"{item.stem}.nii.gz",
-                         result.probabilities, affine)
+                         result.probabilities, space)
         return
     if options.label_format == "png" and labels.dtype != np.uint32:
         _write_png(output_dir / "labels" / f"{item.stem}.png", labels)
@@ -318,14 +332,14 @@ def predict_files(predictor, images: Sequence[InputImage], output_dir: PathLike,
             run.resumed += 1
             continue
         try:
-            pixels, affine, overlay_rgb = _read_input(item, predictor, options)
+            pixels, space, overlay_rgb = _read_input(item, predictor, options)
         except UnreadableImageError as err:
             run.skipped.append(str(err))
             logger.warning("skipped %s", err)
             continue
         result = (predictor.predict_rgb(pixels) if predictor.kind == "instance"
                   else predictor.predict_prepared(pixels))
-        _write_outputs(item, result, affine, overlay_rgb, output_dir, options)
+        _write_outputs(item, result, space, overlay_rgb, output_dir, options)
         image_id = image_ids[item.name] if image_ids is not None else number
         entry = {"id": image_id, "file_name": item.name, "path": str(item.path)}
         entry.update(zip(("depth", "height", "width")[-(pixels.ndim - 1):], pixels.shape[1:])

@@ -57,8 +57,10 @@ def weights(tmp_path_factory):
 @pytest.mark.parametrize("kind", ["pp", "baseline"])
 def test_instance_models_predict_any_array(weights, kind):
     predictor = load_predictor(QUICK[kind], weights[kind], score_thresh=0.0, tile_size=64,
-                               tile_overlap=16, opts=["TEST.DETECTIONS_PER_IMAGE", "8"])
+                               tile_overlap=16, level=1,
+                               opts=["TEST.DETECTIONS_PER_IMAGE", "8"])
     assert isinstance(predictor, InstancePredictor) and predictor.tile_size == 64
+    assert predictor.cfg.MODEL.ROI_MASK_HEAD.INFERENCE_LEVEL == 1
     rng = np.random.default_rng(0)
     result = predictor(rng.integers(0, 4000, (100, 90)).astype(np.uint16))
     assert isinstance(result, InstanceResult) and 0 < len(result) <= 8 * 4
@@ -195,6 +197,7 @@ def test_cli_semantic_2d_pages_probabilities_skips_and_resume(tmp_path, weights,
     index = json.loads((out / IMAGES_INDEX_FILE).read_text())
     assert [(i["id"], i["file_name"], i["height"], i["width"]) for i in index["images"]] == [
         (1, "a.png", 36, 44), (2, "b.tif", 30, 20)]
+    assert index["categories"] == [{"id": 0, "name": "background"}, {"id": 1, "name": "liver"}]
     assert not (out / RESULTS_FILE).exists()
     assert len((out / PROGRESS_FILE).read_text().splitlines()) == 2
 

@@ -60,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="semantic: foreground probability threshold; default 0.5")
     parser.add_argument("--level", type=int, metavar="J",
-                        help="semantic: inference level (0 accurate, J the pruned UNet++ L_J)")
+                        help="UNet++ inference level (0 accurate, J the pruned output J) of a "
+                             "semantic UNet++ or the Mask R-CNN++ mask head")
     parser.add_argument("--tile-size", type=int, metavar="N",
                         help="side of the square tiles / windows; default INPUT.MIN_SIZE_TEST "
                              "(instances), the whole image (semantic 2D) or the training "

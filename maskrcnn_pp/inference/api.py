@@ -48,7 +48,8 @@ def load_predictor(config: Union[str, os.PathLike, CfgNode], weights: Optional[s
     ``weights`` the .pth written by training; or ``config`` is an exported ``model.ts`` /
     ``model.onnx`` alone (``tools/export_model.py``). Options: ``score_thresh`` (instances),
     ``threshold`` (semantic foreground), ``tile_size`` / ``tile_overlap``, ``device``
-    (``MODEL.DEVICE``), ``level`` (semantic inference level: 0 accurate, j UNet++ L_j).
+    (``MODEL.DEVICE``), ``level`` (inference level of UNet++ outputs: 0 accurate, j the
+    pruned sub-network j; ``MODEL.SEMANTIC`` or ``MODEL.ROI_MASK_HEAD.INFERENCE_LEVEL``).
     Calling the predictor on a numpy array returns an
     :class:`~maskrcnn_pp.inference.instance.InstanceResult` or a
     :class:`~maskrcnn_pp.inference.semantic.SemanticResult`.
@@ -73,7 +74,8 @@ def load_predictor(config: Union[str, os.PathLike, CfgNode], weights: Optional[s
             raise UserError(f"device {device!r} asked for, but no CUDA device is available")
         cfg.MODEL.DEVICE = device
     if level is not None:
-        cfg.MODEL.SEMANTIC.INFERENCE_LEVEL = level
+        (cfg.MODEL.SEMANTIC if is_semantic(cfg) else cfg.MODEL.ROI_MASK_HEAD
+         ).INFERENCE_LEVEL = level
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score_thresh
     cfg.MODEL.WEIGHTS = weights
     # The tiling is checked before the slow model build.

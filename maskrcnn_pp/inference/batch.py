@@ -196,9 +196,12 @@ class PredictionRun:
     skipped: list[str] = field(default_factory=list)        # "path: problem"
 
 
-def _class_names(metadata: Any) -> list[str]:
-    names = metadata.get("thing_classes", None) if metadata is not None else None
-    return list(names or ["nucleus"])
+def _class_names(metadata: Any, key: str = "thing_classes") -> list[str]:
+    """The data set's class names (one ``nucleus`` class, or background / foreground, when
+    none are recorded)."""
+    names = metadata.get(key, None) if metadata is not None else None
+    return list(names or (["nucleus"] if key == "thing_classes" else ["background",
+                                                                      "foreground"]))
 
 
 def _category_ids(metadata: Any) -> list[int]:
@@ -326,7 +329,11 @@ def predict_files(predictor, images: Sequence[InputImage], output_dir: PathLike,
         progress_file.unlink(missing_ok=True)
     done = {record["image"]["file_name"]: record for record in cut_json_lines(progress_file)}
     run = PredictionRun(output_dir)
-    category_ids, class_names = _category_ids(metadata), _class_names(metadata)
+    if predictor.kind == "instance":
+        category_ids, class_names = _category_ids(metadata), _class_names(metadata)
+    else:   # label values are the class ids
+        class_names = _class_names(metadata, "stuff_classes")
+        category_ids = list(range(len(class_names)))
     for number, item in _iterate(images, progress):
         if item.name in done:
             run.resumed += 1
@@ -359,8 +366,7 @@ def predict_files(predictor, images: Sequence[InputImage], output_dir: PathLike,
     if predictor.kind == "instance":
         atomic_write_json(output_dir / RESULTS_FILE,
                           [r for record in finished for r in record["results"]])
-    categories = ([{"id": i, "name": n} for i, n in zip(category_ids, class_names)]
-                  if predictor.kind == "instance" else [])
+    categories = [{"id": i, "name": n} for i, n in zip(category_ids, class_names)]
     atomic_write_json(output_dir / IMAGES_INDEX_FILE,
                       {"images": run.images, "categories": categories}, indent=1)
     return run

@@ -20,6 +20,7 @@ def add_maskrcnn_pp_config(cfg: CN) -> CN:
     _add_mask_head_config(cfg)
     _add_semantic_config(cfg)
     _add_runtime_config(cfg)
+    _add_input_config(cfg)
     return cfg
 
 
@@ -104,6 +105,20 @@ def _add_runtime_config(cfg: CN) -> None:
     # with a warning that keeps count.
     if "SKIP_BAD_IMAGES" not in cfg.DATALOADER:
         cfg.DATALOADER.SKIP_BAD_IMAGES = False
+
+
+def _add_input_config(cfg: CN) -> None:
+    """cfg.INPUT.INTENSITY: how 16-bit / float pixels become 0..255 (``data/image_io.py``),
+    the same in training, evaluation and prediction."""
+    if "INTENSITY" in cfg.INPUT:
+        return
+    intensity = cfg.INPUT.INTENSITY = CN()
+    # "percentile" (PERCENTILES of each image to 0..255), "minmax", or "range" (RANGE to
+    # 0..255 for every pixel type, e.g. a CT window [-200, 250] or a 12-bit camera [0, 4095]).
+    # 8-bit images pass unchanged except with "range".
+    intensity.MODE = "percentile"
+    intensity.PERCENTILES = [1.0, 99.0]
+    intensity.RANGE = [0.0, 65535.0]
 
 
 def check_input_config(cfg: CN, source: str) -> None:

@@ -1,4 +1,4 @@
-"""tools/predict.py and maskrcnn_pp.engine.predictor: tiling, merging, writers, inputs, errors."""
+"""tools/predict.py and maskrcnn_pp.inference: tiling, merging, writers, inputs, errors."""
 import io
 import json
 import os
@@ -9,6 +9,7 @@ import tarfile
 import cv2
 import numpy as np
 import pytest
+import tifffile
 import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
@@ -18,21 +19,18 @@ from pycocotools.coco import COCO
 
 from maskrcnn_pp.data.image_io import read_image_rgb
 from maskrcnn_pp.engine.checkpoint import SafeCheckpointer
-from maskrcnn_pp.engine.predictor import (
-    IMAGES_INDEX_FILE,
-    RESULTS_FILE,
-    ImagePrediction,
-    InputImage,
-    NucleiPredictor,
-    find_images,
-    image_ids_from_coco,
-    label_image,
-    predict_images,
-    split_config_overrides,
-    tile_windows,
-)
 from maskrcnn_pp.engine.trainer import load_config
 from maskrcnn_pp.evaluation.nuclei import coco_from_dict, evaluate_coco_results, to_rles
+from maskrcnn_pp.inference import InstancePredictor, InstanceResult, tile_windows
+from maskrcnn_pp.inference.batch import (
+    IMAGES_INDEX_FILE,
+    RESULTS_FILE,
+    InputImage,
+    find_inputs,
+    image_ids_from_coco,
+    predict_files,
+    split_config_overrides,
+)
 from maskrcnn_pp.utils.errors import UserError
 from tests.conftest import ROOT, run_script_main
 
@@ -105,7 +103,7 @@ def test_tile_windows_cover_the_image_with_the_requested_overlap():
     (128, 32, 12), (100, 48, 30), (400, 0, 1)])
 def test_nuclei_on_tile_seams_are_merged_exactly(tile_size, overlap, expected_tiles):
     model = BrightComponents()
-    predictor = NucleiPredictor(model, tile_size, overlap, score_thresh=0.0)
+    predictor = InstancePredictor(model, tile_size, overlap, score_thresh=0.0)
     truth = disc_masks(DISCS, DISC_IMAGE_SIZE)
     prediction = predictor(disc_image(DISCS, DISC_IMAGE_SIZE))
 
@@ -138,7 +136,7 @@ def test_merging_tolerates_masks_that_differ_between_tiles(operation, tile_size,
             tile = operation(tile, np.ones((3, 3), np.uint8))
         return BrightComponents()(tile)
 
-    prediction = NucleiPredictor(model, tile_size, overlap, score_thresh=0.0)(
+    prediction = InstancePredictor(model, tile_size, overlap, score_thresh=0.0)(
         disc_image(DISCS, DISC_IMAGE_SIZE))
     assert len(prediction) == len(DISCS)
     ious = np.array([[mask_iou(disc, m) for m in prediction.masks()]
@@ -203,7 +201,7 @@ def test_tiling_reproduces_a_crowded_real_dsb2018_image(dsb2018_archive, tmp_pat
         return instances
 
     windows = iter(tile_windows(603, 1272, 256, 64))
-    prediction = NucleiPredictor(lambda tile: oracle(tile, next(windows)), 256, 64,
+    prediction = InstancePredictor(lambda tile: oracle(tile, next(windows)), 256, 64,
                                  score_thresh=0.0)(image)
     truth = []
     for top, left, crop in nuclei:
@@ -225,7 +223,7 @@ def test_duplicates_of_whole_nuclei_keep_the_higher_score():
         calls.append(tile.shape)
         return instances
 
-    prediction = NucleiPredictor(model, 128, 32, score_thresh=0.0)(
+    prediction = InstancePredictor(model, 128, 32, score_thresh=0.0)(
         disc_image(DISCS[6:7], DISC_IMAGE_SIZE))
     assert len(calls) == 12 and len(prediction) == 1
     # The disc (rows 10..30, columns 290..310) is whole in tiles 2 and 3 (top row, columns
@@ -234,7 +232,7 @@ def test_duplicates_of_whole_nuclei_keep_the_higher_score():
 
 
 def test_score_threshold_drops_weak_instances_before_merging():
-    prediction = NucleiPredictor(BrightComponents(), 128, 32, score_thresh=150 / 255)(
+    prediction = InstancePredictor(BrightComponents(), 128, 32, score_thresh=150 / 255)(
         disc_image(DISCS, DISC_IMAGE_SIZE))
     expected = [n for n in range(len(DISCS)) if (100 + 12 * n) / 255 >= 150 / 255]
     assert len(prediction) == len(expected) == 5
@@ -244,8 +242,16 @@ def test_score_threshold_drops_weak_instances_before_merging():
 
 
 def prediction_from_masks(masks, scores):
-    return ImagePrediction(masks.shape[1], masks.shape[2], to_rles(masks),
-                           np.asarray(scores, float), np.zeros(len(scores), np.int64))
+    """An InstanceResult holding ``masks`` in the given order, cropped to their boxes."""
+    tops, lefts, crops = [], [], []
+    for mask in masks:
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        tops.append(rows[0])
+        lefts.append(cols[0])
+        crops.append(mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+    return InstanceResult(masks.shape[1], masks.shape[2], np.array(tops, np.int64),
+                          np.array(lefts, np.int64), crops, np.asarray(scores, float),
+                          np.zeros(len(scores), np.int64))
 
 
 def test_label_image_values_dtype_and_overlaps_resolved_by_score():
@@ -253,7 +259,7 @@ def test_label_image_values_dtype_and_overlaps_resolved_by_score():
     masks[0, 2:10, 2:12] = True       # score 0.6
     masks[1, 5:15, 8:20] = True       # score 0.9: wins over 0 and 2 where they overlap
     masks[2, 12:18, 15:28] = True     # score 0.7
-    labels = label_image(prediction_from_masks(masks, [0.6, 0.9, 0.7]))
+    labels = prediction_from_masks(masks, [0.6, 0.9, 0.7]).label_image
     assert labels.dtype == np.uint16 and labels.shape == (20, 30)
     expected = np.zeros((20, 30), np.uint16)
     expected[masks[2]] = 3
@@ -261,7 +267,7 @@ def test_label_image_values_dtype_and_overlaps_resolved_by_score():
     expected[masks[1]] = 2
     np.testing.assert_array_equal(labels, expected)
     assert set(np.unique(labels)) == {0, 1, 2, 3}
-    assert label_image(prediction_from_masks(np.zeros((0, 4, 5), bool), [])).max() == 0
+    assert prediction_from_masks(np.zeros((0, 4, 5), bool), []).label_image.max() == 0
 
 
 def write_disc_inputs(folder):
@@ -299,10 +305,10 @@ def test_results_json_labels_and_overlays(tmp_path):
     layouts = write_disc_inputs(tmp_path / "in")
     gt_file = tmp_path / "gt.json"
     gt_file.write_text(json.dumps(ground_truth(layouts, first_id=11)))
-    images = find_images([tmp_path / "in"])
-    predictor = NucleiPredictor(BrightComponents(), 128, 32, score_thresh=0.0)
-    run = predict_images(predictor, images, tmp_path / "out",
-                         image_ids=image_ids_from_coco(gt_file, images), progress=False)
+    images = find_inputs([tmp_path / "in"])
+    predictor = InstancePredictor(BrightComponents(), 128, 32, score_thresh=0.0)
+    run = predict_files(predictor, images, tmp_path / "out",
+                        image_ids=image_ids_from_coco(gt_file, images), progress=False)
     out = tmp_path / "out"
     assert run.num_instances == len(DISCS) and not run.skipped
 
@@ -324,7 +330,7 @@ def test_results_json_labels_and_overlays(tmp_path):
 
     for name, discs in layouts.items():
         stem = name.rsplit(".", 1)[0]
-        labels = cv2.imread(str(out / "labels" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        labels = tifffile.imread(out / "labels" / f"{stem}.tif")
         assert labels.dtype == np.uint16 and labels.shape == DISC_IMAGE_SIZE
         truth = disc_masks(discs, DISC_IMAGE_SIZE)
         assert labels.max() == len(discs)
@@ -337,39 +343,19 @@ def test_results_json_labels_and_overlays(tmp_path):
 # --------------------------------------------------------------------------- inputs
 
 
-def test_16bit_tiff_rgba_and_grayscale_are_read_as_rgb(tmp_path):
-    gray = np.arange(12 * 10, dtype=np.uint8).reshape(12, 10)
-    rgb = np.stack([gray, 255 - gray, gray // 2], axis=-1)
-
-    cv2.imwrite(str(tmp_path / "deep.tif"), (gray.astype(np.uint16) * 7 + 1000))
-    stretched = np.rint((gray.astype(float) - gray.min()) * 255 / (gray.max() - gray.min()))
-    np.testing.assert_array_equal(read_image_rgb(tmp_path / "deep.tif"),
-                                  np.repeat(stretched.astype(np.uint8)[..., None], 3, axis=2))
-
-    Image.fromarray(np.dstack([rgb, np.full_like(gray, 7)]), "RGBA").save(tmp_path / "a.png")
-    np.testing.assert_array_equal(read_image_rgb(tmp_path / "a.png"), rgb)
-
-    Image.fromarray(gray, "L").save(tmp_path / "g.png")
-    np.testing.assert_array_equal(read_image_rgb(tmp_path / "g.png"),
-                                  np.repeat(gray[..., None], 3, axis=2))
-
-    Image.fromarray(rgb).save(tmp_path / "c.tiff")
-    np.testing.assert_array_equal(read_image_rgb(tmp_path / "c.tiff"), rgb)
-
-
-def test_find_images_and_config_overrides(tmp_path):
+def test_find_inputs_and_config_overrides(tmp_path):
     (tmp_path / "in" / "sub").mkdir(parents=True)
     for name in ("b.png", "sub/a.TIF", "notes.txt", "sub/c.jpeg"):
         (tmp_path / "in" / name).write_bytes(b"x")
-    found = find_images([tmp_path / "in"])
+    found = find_inputs([tmp_path / "in"])
     assert [image.name for image in found] == ["b.png", "sub/a.TIF", "sub/c.jpeg"]
     with pytest.raises(UserError, match="nope.png does not exist"):
-        find_images([tmp_path / "nope.png"])
+        find_inputs([tmp_path / "nope.png"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="input folder .*empty holds no"):
-        find_images([tmp_path / "empty"])
+        find_inputs([tmp_path / "empty"])
     with pytest.raises(UserError, match="same output files"):
-        find_images([tmp_path / "in", tmp_path / "in" / "b.png"])
+        find_inputs([tmp_path / "in", tmp_path / "in" / "b.png"])
 
     cfg = load_config(QUICK_PP)
     assert split_config_overrides(["x.png", "dir", "MODEL.DEVICE", "cpu", "TEST.X", "1"],
@@ -425,7 +411,7 @@ def test_end_to_end_with_a_real_model_skips_corrupt_images(tmp_path, tiny_weight
     assert 0 < len(results) <= 60
     assert all(r["segmentation"]["size"] == [170, 200] and r["image_id"] == 1
                and r["category_id"] == 1 for r in results)
-    labels = cv2.imread(str(out / "labels" / "big.png"), cv2.IMREAD_UNCHANGED)
+    labels = tifffile.imread(out / "labels" / "big.tif")
     assert labels.dtype == np.uint16 and labels.shape == (170, 200)
     assert labels.max() <= len(results)
     assert cv2.imread(str(out / "overlays" / "big.png")).shape == (170, 200, 3)
@@ -465,8 +451,7 @@ def test_user_errors_exit_2_and_name_the_file(tmp_path, tiny_weights, capsys):
     bad[1].write_bytes(b"II*\x00garbage")
     code, err = predict_in_process(capsys, *common, "--weights", tiny_weights, *bad)
     assert code == 2
-    assert f"error: none of the 2 input images could be read; first: {bad[0]}: file is empty" \
-        in err
+    assert f"error: none of the 2 inputs could be read; first: {bad[0]}: file is empty" in err
     assert not (tmp_path / "out" / RESULTS_FILE).exists()
 
 

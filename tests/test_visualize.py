@@ -14,7 +14,6 @@ from pycocotools import mask as mask_util
 
 from maskrcnn_pp.data.image_io import read_image_rgb
 from maskrcnn_pp.engine.checkpoint import SafeCheckpointer
-from maskrcnn_pp.engine.predictor import NucleiPredictor
 from maskrcnn_pp.engine.trainer import load_config
 from maskrcnn_pp.evaluation.nuclei import image_metrics
 from maskrcnn_pp.evaluation.visualization import (
@@ -22,6 +21,7 @@ from maskrcnn_pp.evaluation.visualization import (
     dataset_dict_rles,
     render_results_file,
 )
+from maskrcnn_pp.inference import load_predictor
 from maskrcnn_pp.utils.errors import UserError
 from tests.conftest import ROOT, run_script_main
 
@@ -182,7 +182,7 @@ def test_cli_from_a_checkpoint_on_a_registered_data_set(tmp_path, tiny_weights, 
     assert code == 0, captured.err
     records = DatasetCatalog.get("nuclei_synthetic_val")[:1]
     cfg = load_config(QUICK_PP, ["TEST.DETECTIONS_PER_IMAGE", "10"])
-    predictor = NucleiPredictor.from_config(cfg, str(tiny_weights), score_thresh=0.4)
+    predictor = load_predictor(cfg, str(tiny_weights), score_thresh=0.4)
     for record in records:
         path = out / os.path.basename(record["file_name"])
         picture = Image.open(path)

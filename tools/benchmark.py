@@ -1,15 +1,17 @@
 #!/usr/bin/env python
-"""Speed, size and memory of Mask R-CNN++ vs Mask R-CNN and of the semantic networks.
+"""Speed, size and memory of the models, and of instance post-processing on huge images.
 
     tools/benchmark.py --group mask_rcnn --output docs/bench     # 256 px, batch 2
     tools/benchmark.py --group semantic --output docs/bench      # 96 px, batch 8
     tools/benchmark.py --device cuda ...                         # on a GPU
+    tools/benchmark.py --group scale --output docs/bench         # post-processing at scale
 
 Writes ``<group>_<device>.md`` and ``.json`` under --output; prints the table.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 from pathlib import Path
@@ -25,7 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--group", choices=("mask_rcnn", "semantic"), required=True)
+    p.add_argument("--group", choices=("mask_rcnn", "semantic", "scale"), required=True)
+    p.add_argument("--cases", default="2048:4096,4096:16384,8192:65536",
+                   help="scale: SIZE:NUCLEI,... (square nuclei counts)")
+    p.add_argument("--tile-size", type=int, default=1024, help="scale: tile side")
+    p.add_argument("--tile-overlap", type=int, default=128, help="scale: tile overlap")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--size", type=int, help="input size (default 256 / 96)")
@@ -48,6 +54,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA device is available")
+    if args.group == "scale":
+        return _scale(args)
     if args.group == "mask_rcnn":
         cands = benchmark.mask_rcnn_group(args.pp_config, args.baseline_config,
                                           size=args.size or 256, batch=args.batch or 2,
@@ -66,6 +74,31 @@ def main(argv=None) -> int:
     atomic_write_text(stem.with_suffix(".md"), header + "\n\n" + table + "\n")
     atomic_write_json(stem.with_suffix(".json"), {"machine": machine_description(args.device),
                                                   "command": command, "rows": rows}, indent=2)
+    print(header)
+    print(table)
+    return 0
+
+
+def _scale(args) -> int:
+    """Post-processing of huge images with a perfect synthetic model, one process each."""
+    try:
+        cases = [tuple(int(v) for v in case.split(":")) for case in args.cases.split(",")]
+    except ValueError:
+        raise UserError(f"--cases {args.cases!r}: expected SIZE:NUCLEI,...") from None
+    rows = []
+    for size, count in cases:
+        print(f"{size}x{size}, {count} nuclei", file=sys.stderr, flush=True)
+        rows.append(benchmark.run_scale_case(size, count, args.tile_size, args.tile_overlap))
+    with open("/proc/loadavg") as load:
+        load_average = load.read().split()[0]
+    command = "tools/benchmark.py " + " ".join(sys.argv[1:])
+    header = (f"Machine: {machine_description('cpu')}, {os.cpu_count()} cores, load average "
+              f"{load_average} when it finished; command: `{command}`")
+    table = benchmark.scale_table(rows)
+    stem = args.output / "scale_cpu"
+    atomic_write_text(stem.with_suffix(".md"), header + "\n\n" + table + "\n")
+    atomic_write_json(stem.with_suffix(".json"), {"command": command, "load": load_average,
+                                                  "rows": rows}, indent=2)
     print(header)
     print(table)
     return 0

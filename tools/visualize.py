@@ -26,14 +26,14 @@ from __future__ import annotations
 import argparse
 import logging
 
-from maskrcnn_pp.engine.checkpoint import SafeCheckpointer
-from maskrcnn_pp.engine.predictor import NucleiPredictor
+from maskrcnn_pp.engine.checkpoint import load_inference_weights
 from maskrcnn_pp.engine.trainer import Trainer, is_semantic, load_config
 from maskrcnn_pp.evaluation.visualization import (
     render_dataset_predictions,
     render_results_file,
     render_semantic_predictions,
 )
+from maskrcnn_pp.inference import load_predictor
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
 
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _render_instances(cfg, args):
-    predictor = NucleiPredictor.from_config(
+    predictor = load_predictor(
         cfg, args.weights, allow_unsafe_pickle=args.allow_unsafe_pickle,
         score_thresh=args.score_thresh, tile_size=args.tile_size,
         tile_overlap=args.tile_overlap)
@@ -101,7 +101,7 @@ def _render_instances(cfg, args):
 
 def _render_semantic(cfg, args):
     model = Trainer.build_model(cfg)
-    SafeCheckpointer(model, allow_unsafe_pickle=args.allow_unsafe_pickle).load(args.weights)
+    load_inference_weights(model, args.weights, allow_unsafe_pickle=args.allow_unsafe_pickle)
     return render_semantic_predictions(model.eval(), cfg, args.dataset, args.output,
                                        max_images=args.max_images)
 

@@ -28,7 +28,7 @@ from .coco import (
     mask_to_annotation,
     register_coco_instances_lazy,
 )
-from .image_io import UnreadableImageError, decode_image_file, read_image_rgb
+from .image_io import Intensity, UnreadableImageError, decode_image_file, read_image_rgb
 from .sources import display_name, source_root
 
 __all__ = [
@@ -233,9 +233,11 @@ def _decode(path: Path, kind: str) -> np.ndarray:
 
 
 def read_image_bgr8(path: Path) -> np.ndarray:
-    """A DSB2018 image as 8-bit BGR (OpenCV order), by :func:`read_image_rgb`'s rules."""
+    """A DSB2018 image as 8-bit BGR (OpenCV order), by :func:`read_image_rgb`'s rules;
+    a 16-bit image is stretched from its minimum..maximum (the converter's documented rule,
+    which keeps every prepared data set as it was)."""
     try:
-        return np.ascontiguousarray(read_image_rgb(path)[..., ::-1])
+        return np.ascontiguousarray(read_image_rgb(path, Intensity("minmax"))[..., ::-1])
     except UnreadableImageError as err:
         raise SampleProblem(path, "unreadable_image", err.reason) from None
 

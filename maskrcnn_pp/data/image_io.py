@@ -1,19 +1,35 @@
-"""Reading the images users bring: PNG, JPEG, TIFF; 8/16-bit or float; gray, RGB, RGBA."""
+"""The one path from a file (or an array) to network pixels, shared by training and prediction.
+
+Files are PNG, JPEG or TIFF; TIFF goes through ``tifffile`` so 16-bit, float and
+multi-page stacks keep their values. A stack never gives its first page silently: one page
+must be chosen (``page``), else the error says how many there are. Pixels become 8-bit by
+:func:`normalize_intensity` under the config's ``INPUT.INTENSITY`` (8-bit images pass
+unchanged unless a fixed range is asked for, because the models are trained on 8-bit data),
+then gray, RGB or BGR as ``INPUT.FORMAT`` asks.
+"""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import cv2
 import numpy as np
+import tifffile
 
 from ..utils.errors import UserError
 
-__all__ = ["IMAGE_EXTENSIONS", "UnreadableImageError", "decode_image_file", "read_image_rgb"]
+__all__ = [
+    "IMAGE_EXTENSIONS", "TIFF_EXTENSIONS", "UnreadableImageError", "Intensity",
+    "decode_image_file", "normalize_intensity", "to_format", "read_image", "read_image_rgb",
+    "array_to_rgb8",
+]
 
 PathLike = Union[str, os.PathLike]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+TIFF_EXTENSIONS = (".tif", ".tiff")
+INTENSITY_MODES = ("percentile", "minmax", "range")
 
 
 class UnreadableImageError(UserError):
@@ -25,38 +41,184 @@ class UnreadableImageError(UserError):
         self.reason = reason
 
 
-def decode_image_file(path: PathLike) -> np.ndarray:
-    """The file's pixels as stored (any depth and channel count)."""
+@dataclass(frozen=True)
+class Intensity:
+    """How pixels become 0..255 (``cfg.INPUT.INTENSITY``).
+
+    ``percentile``: 16-bit/float from the ``low``..``high`` percentiles (Cellpose's robust
+    choice: one hot pixel does not darken the image); ``minmax``: from the minimum..maximum;
+    ``range``: from the fixed values ``low``..``high`` for every pixel type (a camera's bit
+    depth, a CT window). Values outside are clipped.
+    """
+
+    mode: str = "percentile"
+    low: float = 1.0
+    high: float = 99.0
+
+    def __post_init__(self):
+        if self.mode not in INTENSITY_MODES:
+            raise UserError(f"INPUT.INTENSITY.MODE must be one of {', '.join(INTENSITY_MODES)}, "
+                            f"got {self.mode!r}")
+        if not self.low < self.high or (self.mode == "percentile"
+                                         and not 0 <= self.low < self.high <= 100):
+            raise UserError(f"INPUT.INTENSITY {self.mode} needs low < high"
+                            f"{' within 0..100' if self.mode == 'percentile' else ''}, got "
+                            f"{self.low}, {self.high}")
+
+    @classmethod
+    def from_config(cls, cfg) -> Intensity:
+        node = cfg.INPUT.INTENSITY
+        low, high = node.PERCENTILES if node.MODE == "percentile" else node.RANGE
+        return cls(node.MODE, float(low), float(high))
+
+
+def normalize_intensity(pixels: np.ndarray, intensity: Intensity | None = None) -> np.ndarray:
+    """Any numeric array as uint8 by ``intensity`` (default: percentile 1..99)."""
+    intensity = intensity or Intensity()
+    if pixels.dtype == np.uint8 and intensity.mode != "range":
+        return pixels
+    if pixels.dtype == bool or not np.issubdtype(pixels.dtype, np.number):
+        raise ValueError(f"unsupported pixel type {pixels.dtype}")
+    values = pixels.astype(np.float32)
+    if intensity.mode == "range":
+        low, high = intensity.low, intensity.high
+    else:
+        finite = values[np.isfinite(values)]
+        if not finite.size:
+            return np.zeros(pixels.shape, np.uint8)
+        if intensity.mode == "minmax":
+            low, high = float(finite.min()), float(finite.max())
+        else:
+            low, high = (float(v) for v in np.percentile(finite, [intensity.low, intensity.high]))
+    scale = 255.0 / (high - low) if high > low else 0.0
+    scaled = np.clip((np.nan_to_num(values, nan=low) - low) * scale, 0, 255)
+    return np.rint(scaled).astype(np.uint8)
+
+
+def _tiff_stack(path: PathLike, data: np.ndarray) -> tuple[np.ndarray, str]:
+    """All images of a TIFF as (N, H, W[, S]) and the file's axes.
+
+    tifffile keeps the axes; OpenCV decodes what tifffile lacks a codec for (LZW and JPEG
+    need the optional ``imagecodecs``), one page per image.
+    """
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes, pixels = series.axes, series.asarray()
+    except (tifffile.TiffFileError, ValueError, KeyError, IndexError, OSError) as err:
+        ok, pages = cv2.imdecodemulti(data, cv2.IMREAD_UNCHANGED)
+        if not ok or not pages:
+            raise UnreadableImageError(path, f"cannot be decoded as a TIFF ({err})") from None
+        pages = [_bgr_to_rgb(page) for page in pages]
+        return np.stack(pages), "IYXS" if pages[0].ndim == 3 else "IYX"
+    if "Y" not in axes or "X" not in axes:
+        raise UnreadableImageError(path, f"TIFF axes {axes} hold no YX image")
+    image_axes = [axes.index(a) for a in "YXS" if a in axes]
+    other = [i for i in range(len(axes)) if i not in image_axes]
+    stack = pixels.transpose(other + image_axes).reshape(
+        (-1, *(pixels.shape[i] for i in image_axes)))
+    return stack, axes
+
+
+def _read_tiff(path: PathLike, data: np.ndarray, page: Optional[int]) -> np.ndarray:
+    """One image (H, W) or (H, W, S) of a TIFF; ``page`` indexes the stack's other axes."""
+    stack, axes = _tiff_stack(path, data)
+    if page is None and len(stack) > 1:
+        raise UnreadableImageError(
+            path, f"holds {len(stack)} images (axes {axes}, shape {stack.shape}); choose one "
+                  "with page=K (--page K in tools/predict.py)")
+    page = page or 0
+    if not 0 <= page < len(stack):
+        raise UnreadableImageError(path, f"has no page {page}: it holds {len(stack)} image(s)")
+    return stack[page]
+
+
+def _bgr_to_rgb(pixels: np.ndarray) -> np.ndarray:
+    """OpenCV's BGR(A) colour order to RGB(A); gray as it is."""
+    if pixels.ndim == 3 and pixels.shape[2] in (3, 4):
+        return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB if pixels.shape[2] == 3
+                            else cv2.COLOR_BGRA2RGBA)
+    return pixels
+
+
+def decode_image_file(path: PathLike, page: Optional[int] = None) -> np.ndarray:
+    """The file's pixels as stored (any depth), colour channels in RGB(A) order."""
     try:
         data = np.fromfile(path, np.uint8)
     except OSError as err:
         raise UnreadableImageError(path, f"cannot be read ({err.strerror or err})") from None
     if data.size == 0:
         raise UnreadableImageError(path, "file is empty")
+    if str(path).lower().endswith(TIFF_EXTENSIONS) or data[:4].tobytes() in (
+            b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return _read_tiff(path, data, page)
+    if page:
+        raise UnreadableImageError(path, f"has no page {page}: only TIFF files hold several")
     pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if pixels is None:
         raise UnreadableImageError(path, "cannot be decoded as an image (corrupt, truncated "
                                          f"or not one of {', '.join(IMAGE_EXTENSIONS)})")
-    return pixels
+    return _bgr_to_rgb(pixels)
 
 
-def read_image_rgb(path: PathLike) -> np.ndarray:
-    """Any supported image as 8-bit RGB (H, W, 3).
+def _rgb8(pixels: np.ndarray, intensity: Intensity | None, channel: Optional[int]
+          ) -> np.ndarray:
+    """8-bit RGB (H, W, 3) of an (H, W) or (H, W, 1/3/4) array; ValueError says why not."""
+    if pixels.ndim == 3 and pixels.shape[2] in (1, 3, 4):
+        channels = pixels.shape[2]
+    elif pixels.ndim == 2:
+        channels = 1
+    else:
+        raise ValueError(f"shape {pixels.shape} is not (H, W) or (H, W, 1/3/4)")
+    if channel is not None:
+        if not 0 <= channel < channels:
+            raise ValueError(f"has no channel {channel}: it has {channels}")
+        pixels, channels = pixels[..., channel] if pixels.ndim == 3 else pixels, 1
+    elif channels == 4:
+        pixels, channels = pixels[..., :3], 3
+    pixels = normalize_intensity(np.asarray(pixels), intensity)
+    if channels == 1:
+        return np.repeat(pixels.reshape(pixels.shape[:2])[..., None], 3, axis=2)
+    return np.ascontiguousarray(pixels)
 
-    Alpha is dropped, grayscale is repeated over three channels, and 16-bit or float
-    images are stretched linearly from their minimum..maximum to 0..255 (microscopy
-    cameras rarely fill the 16-bit range, so dividing by 257 would leave them nearly black).
-    """
-    pixels = decode_image_file(path)
-    if pixels.dtype in (np.uint16, np.float32, np.float64):
-        low, high = float(pixels.min()), float(pixels.max())
-        scale = 255.0 / (high - low) if high > low else 0.0
-        pixels = np.rint((pixels.astype(np.float64) - low) * scale).astype(np.uint8)
-    elif pixels.dtype != np.uint8:
-        raise UnreadableImageError(path, f"unsupported pixel type {pixels.dtype}")
-    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
-    conversions = {1: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}
-    if channels not in conversions:
-        raise UnreadableImageError(path, f"unsupported channel count {channels}")
-    return cv2.cvtColor(pixels.reshape(pixels.shape[:2]) if channels == 1 else pixels,
-                        conversions[channels])
+
+def to_format(rgb: np.ndarray, image_format: str) -> np.ndarray:
+    """(H, W, 3) RGB as Detectron2's ``INPUT.FORMAT``: RGB, BGR, or L (H, W, 1)."""
+    if image_format == "RGB":
+        return rgb
+    if image_format == "BGR":
+        return np.ascontiguousarray(rgb[..., ::-1])
+    if image_format == "L":
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None]
+    raise UserError(f"INPUT.FORMAT {image_format!r} is not supported; use RGB, BGR or L")
+
+
+def read_image(path: PathLike, image_format: str = "RGB", intensity: Intensity | None = None,
+               page: Optional[int] = None, channel: Optional[int] = None) -> np.ndarray:
+    """A file as 8-bit (H, W, C) network pixels in ``image_format`` (see the module doc)."""
+    try:
+        rgb = _rgb8(decode_image_file(path, page), intensity, channel)
+    except ValueError as err:
+        raise UnreadableImageError(path, str(err)) from None
+    return to_format(rgb, image_format)
+
+
+def read_image_rgb(path: PathLike, intensity: Intensity | None = None,
+                   page: Optional[int] = None, channel: Optional[int] = None) -> np.ndarray:
+    """:func:`read_image` in RGB order."""
+    return read_image(path, "RGB", intensity, page, channel)
+
+
+def array_to_rgb8(array: np.ndarray, intensity: Intensity | None = None,
+                  channel: Optional[int] = None) -> np.ndarray:
+    """An in-memory image (H, W) or (H, W, 1/3/4), uint8/uint16/float, as 8-bit RGB;
+    anything else is a :class:`UserError` naming its shape and dtype."""
+    array = np.asarray(array)
+    if array.dtype.kind not in "uif" or array.dtype.kind == "i" and array.dtype.itemsize > 4:
+        raise UserError(f"image of dtype {array.dtype} (shape {array.shape}) is not "
+                        "supported: give uint8, uint16 or float pixels")
+    try:
+        return _rgb8(array, intensity, channel)
+    except ValueError as err:
+        raise UserError(f"image array of shape {array.shape}, dtype {array.dtype}: "
+                        f"{err}") from None

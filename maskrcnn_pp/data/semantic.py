@@ -32,7 +32,6 @@ from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
 )
-from detectron2.data.detection_utils import read_image
 from PIL import Image
 
 from ..utils.errors import UserError
@@ -45,6 +44,7 @@ from .dsb2018 import (
     read_mask,
     split_val_ids,
 )
+from .image_io import Intensity, UnreadableImageError, normalize_intensity, read_image
 from .sampling import build_resumable_train_loader
 from .sources import display_name, source_root
 
@@ -52,7 +52,8 @@ __all__ = [
     "SemanticDataError", "SemanticDatasetInfo", "SEMANTIC_DATASETS",
     "register_semantic_datasets", "load_semantic_split", "read_nifti", "hu_window",
     "prepare_nuclei_patches", "prepare_polyp", "prepare_liver", "prepare_nodule",
-    "SemanticDatasetMapper", "build_semantic_train_loader", "build_semantic_test_loader",
+    "SemanticDatasetMapper", "read_semantic_image", "semantic_network_input",
+    "build_semantic_train_loader", "build_semantic_test_loader",
     "iter_report_lines",
 ]
 
@@ -611,22 +612,33 @@ def register_semantic_datasets() -> None:
 
 # ---------------------------------------------------------------- mapper and loaders
 
-def _read_sample(dataset_dict: dict, image_format: str) -> tuple[np.ndarray, np.ndarray]:
+def read_semantic_image(path: Path, image_format: str, intensity: Intensity) -> np.ndarray:
+    """Channels-first uint8 image ``(C, *spatial)`` of an image file or a NIfTI volume
+    (``(1, D, H, W)`` = NIfTI ``(z, y, x)``), normalized by :mod:`.image_io`."""
+    path = Path(path)
+    if _is_nifti(path):
+        return normalize_intensity(read_nifti(path)[0].transpose(2, 1, 0), intensity)[None]
+    return read_image(path, image_format, intensity).transpose(2, 0, 1)
+
+
+def _read_sample(dataset_dict: dict, image_format: str, intensity: Intensity
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Channels-first image ``(C, *spatial)`` and label ``(*spatial)`` of one sample; 3D
     volumes come as ``(D, H, W)`` = NIfTI ``(z, y, x)``."""
     image_path = Path(dataset_dict["file_name"])
     label_path = Path(dataset_dict["sem_seg_file_name"])
-    if _is_nifti(image_path):
-        image = read_nifti(image_path)[0].transpose(2, 1, 0)[None]
+    try:
+        image = read_semantic_image(image_path, image_format, intensity)
+    except UnreadableImageError as err:
+        raise SemanticDataError(f"{image_path}: unreadable ({err.reason})") from None
+    if _is_nifti(label_path):
         label = read_nifti(label_path)[0].transpose(2, 1, 0)
     else:
         try:
-            image = read_image(str(image_path), format=image_format)
             with Image.open(label_path) as pil_label:
                 label = np.asarray(pil_label)
         except (OSError, ValueError) as err:
-            raise SemanticDataError(f"{image_path} / {label_path}: unreadable ({err})") from None
-        image = image.transpose(2, 0, 1)
+            raise SemanticDataError(f"{label_path}: unreadable ({err})") from None
         if label.ndim != 2:
             raise SemanticDataError(f"{label_path}: a label must be a single-channel image of "
                                     f"class ids, got shape {label.shape}")
@@ -647,6 +659,13 @@ def _resize(tensor: torch.Tensor, size: Sequence[int], is_label: bool) -> torch.
     return F.interpolate(tensor[None], size=list(size), mode=mode, align_corners=False)[0]
 
 
+def semantic_network_input(image: np.ndarray, size: int) -> torch.Tensor:
+    """float32 ``(C, *spatial)`` on the 0..255 scale, resized to ``size`` in every spatial
+    dimension when ``size > 0``: what the network sees, in training and in prediction."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image).astype(np.float32))
+    return _resize(tensor, [size] * (tensor.dim() - 1), is_label=False) if size > 0 else tensor
+
+
 class SemanticDatasetMapper:
     """Reads one sample into Detectron2's semantic format.
 
@@ -659,9 +678,10 @@ class SemanticDatasetMapper:
 
     @configurable
     def __init__(self, is_train: bool, *, image_format: str, size: int, num_classes: int,
-                 flip: bool):
+                 flip: bool, intensity: Intensity | None = None):
         self.is_train = is_train
         self.image_format = image_format
+        self.intensity = intensity or Intensity()
         self.size = size
         self.num_label_classes = max(2, num_classes)
         self.flip = flip and is_train
@@ -670,23 +690,20 @@ class SemanticDatasetMapper:
     def from_config(cls, cfg: CfgNode, is_train: bool = True) -> dict:
         return {"is_train": is_train, "image_format": cfg.INPUT.FORMAT,
                 "size": cfg.INPUT.SEMANTIC_SIZE, "num_classes": cfg.MODEL.SEMANTIC.NUM_CLASSES,
-                "flip": cfg.INPUT.SEMANTIC_FLIP}
+                "flip": cfg.INPUT.SEMANTIC_FLIP, "intensity": Intensity.from_config(cfg)}
 
     def __call__(self, dataset_dict: dict) -> dict:
-        image_np, label_np = _read_sample(dataset_dict, self.image_format)
+        image_np, label_np = _read_sample(dataset_dict, self.image_format, self.intensity)
         if label_np.size and label_np.max() >= self.num_label_classes:
             raise SemanticDataError(
                 f"{dataset_dict['sem_seg_file_name']}: label value {int(label_np.max())} is "
                 f"not a class id below {self.num_label_classes} (0/255 masks must be "
                 "converted by a datasets/prepare_* script)")
-        image = torch.from_numpy(image_np.astype(np.float32))
+        image = semantic_network_input(image_np, self.size)
         label = torch.from_numpy(label_np.astype(np.int64))
         spatial = image.dim() - 1
-        if self.size > 0:
-            target = [self.size] * spatial
-            image = _resize(image, target, is_label=False)
-            if self.is_train:
-                label = _resize(label, target, is_label=True)
+        if self.size > 0 and self.is_train:
+            label = _resize(label, [self.size] * spatial, is_label=True)
         if self.flip:
             for axis in range(spatial):
                 if np.random.rand() < 0.5:

@@ -1,7 +1,6 @@
 """The Detectron2 trainer for every maskrcnn_pp model, and config set-up for the CLIs."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -31,6 +30,7 @@ from ..evaluation.nuclei import NucleiEvaluator
 from ..evaluation.semantic import SemanticEvaluator
 from ..modeling.semantic_arch import SemanticUNetPP
 from ..utils.errors import UserError
+from ..utils.io import cut_json_lines
 from .checkpoint import SafeCheckpointer
 from .launch import create_ddp_model
 from .optim import build_optimizer
@@ -195,20 +195,9 @@ def _drop_metrics_from(path: str, start_iter: int) -> None:
     (written after the checkpoint a resumed run starts from) or its first unreadable line (a
     record cut short by a kill). Truncating in place keeps the append-mode handle
     Detectron2's ``JSONWriter`` already holds valid."""
-    if not os.path.isfile(path):
-        return
-    keep = 0
-    with open(path, "rb") as file:
-        for line in file:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                break
-            if not line.endswith(b"\n") or record.get("iteration", -1) >= start_iter:
-                break
-            keep += len(line)
-    if keep < os.path.getsize(path):
-        os.truncate(path, keep)
+    size = os.path.getsize(path) if os.path.isfile(path) else 0
+    cut_json_lines(path, stop=lambda record: record.get("iteration", -1) >= start_iter)
+    if os.path.isfile(path) and os.path.getsize(path) < size:
         logger.info("metrics.json: dropped the records from iteration %d on, which the "
                     "resumed run writes again", start_iter)
 

@@ -169,7 +169,7 @@ class RenderedImage:
 
 
 class InstancePredictor(Protocol):
-    """What :func:`render_dataset_predictions` needs; ``NucleiPredictor`` is one.
+    """What :func:`render_dataset_predictions` needs; ``inference.InstancePredictor`` is one.
 
     Calling it on an RGB image returns an object with ``rles`` and ``scores``, holding the
     detections with ``score >= score_thresh``.

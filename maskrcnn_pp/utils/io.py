@@ -59,3 +59,26 @@ def atomic_write_text(path: PathLike, text: str) -> None:
 
 def atomic_write_json(path: PathLike, obj: Any, indent: Optional[int] = None) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent))
+
+
+def cut_json_lines(path: PathLike, stop: Callable[[Any], bool] = lambda record: False
+                   ) -> list:
+    """The records of a JSON Lines file before its first unreadable or unfinished line (a
+    record cut short by a kill) or its first record for which ``stop`` is true; the file is
+    truncated there, in place, so an append-mode handle on it stays valid. No file: []."""
+    if not os.path.isfile(path):
+        return []
+    records, keep = [], 0
+    with open(path, "rb") as lines:
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                break
+            if not line.endswith(b"\n") or stop(record):
+                break
+            records.append(record)
+            keep += len(line)
+    if keep < os.path.getsize(path):
+        os.truncate(path, keep)
+    return records

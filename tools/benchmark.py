@@ -18,7 +18,7 @@ import torch
 
 from maskrcnn_pp.engine import benchmark
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
-from maskrcnn_pp.utils.io import atomic_write_json, atomic_write_text
+from maskrcnn_pp.utils.io import atomic_write_json, atomic_write_text, check_output_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,6 +48,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA device is available")
+    check_output_dir(args.output, "--output")
     if args.group == "mask_rcnn":
         cands = benchmark.mask_rcnn_group(args.pp_config, args.baseline_config,
                                           size=args.size or 256, batch=args.batch or 2,

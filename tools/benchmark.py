@@ -48,6 +48,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA device is available")
+    for flag, value in (("--repeats", args.repeats), ("--size", args.size),
+                        ("--batch", args.batch)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
     check_output_dir(args.output, "--output")
     if args.group == "mask_rcnn":
         cands = benchmark.mask_rcnn_group(args.pp_config, args.baseline_config,

@@ -41,7 +41,7 @@ def run(args):
                   "or check the data, then --resume" if trainer.checkpointer.has_checkpoint()
                   else "no checkpoint was written: lower SOLVER.BASE_LR or check the data, "
                        "then train again")
-        raise UserError(f"training stopped, {str(err).splitlines()[0]}; {advice}") from None
+        raise UserError(f"training stopped: {str(err).splitlines()[0]}; {advice}") from None
 
 
 @exit_on_user_error

@@ -79,10 +79,12 @@ class _FiniteLossCheck:
         losses = sorted(((value, name, step) for name, (value, step)
                          in get_event_storage().latest().items() if name.startswith("loss")),
                         reverse=True)
-        last = (f"; the largest loss of iteration {losses[0][2]} was {losses[0][1]}="
-                f"{losses[0][0]:.4g}" if losses else "")
-        return (f"training diverged at iteration {self.iter}: {str(err).splitlines()[0]} "
-                f"(first non-finite weight: {weight or 'none'}{last})")
+        last = (f"; the losses of iteration {losses[0][2]} were finite, the largest "
+                f"{losses[0][1]}={losses[0][0]:.4g}" if losses else "")
+        return (f"diverged at iteration {self.iter}: non-finite predicted boxes or scores "
+                f"(Detectron2: {str(err).splitlines()[0]}) with "
+                f"{f'the first non-finite weight {weight}' if weight else 'finite weights'}"
+                f"{last}")
 
 
 def _hide_user_error_traceback(record: logging.LogRecord) -> bool:
@@ -309,6 +311,8 @@ def _check_config_files(config_file: str, chain: tuple = ()) -> None:
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise UserError(f"{config_file}: not a safe YAML config "
                         f"({str(err).splitlines()[0]})") from None
+    if data is None:
+        raise UserError(f"{config_file}: is empty")
     if not isinstance(data, dict):
         raise UserError(f"{config_file}: the top level is {type(data).__name__}, not a "
                         "mapping of config keys (KEY: value)")

@@ -31,6 +31,7 @@ from typing import Callable, Union
 import cv2
 import numpy as np
 import pytest
+import torch
 from pycocotools import mask as mask_util
 
 from tests.conftest import ROOT
@@ -702,3 +703,65 @@ def test_bad_input_leaves_no_valid_looking_output(case, results):
     work = results[case.id].work
     left = [str(p.relative_to(work)) for pattern in case.absent for p in work.glob(pattern)]
     assert not left, f"{case.id} left {left}"
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+def test_jpeg_masks_are_read_at_half_range_and_reported_lossy(tmp_path):
+    """``masks/*.jpg`` are read, not ignored; JPEG ringing is not counted as nucleus."""
+    from maskrcnn_pp.data.dsb2018 import convert_dsb2018
+
+    truth = np.zeros((64, 64), np.uint8)
+    cv2.circle(truth, (32, 32), 12, 255, -1)
+    jpeg = cv2.imencode(".jpg", truth, [cv2.IMWRITE_JPEG_QUALITY, 75])[1].tobytes()
+    decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_UNCHANGED)
+    true_area = int((truth > 0).sum())
+    assert (decoded > 0).sum() > 1.2 * true_area  # what "> 0" would have made of it
+    sample = tmp_path / "src" / "s1"
+    (sample / "images").mkdir(parents=True)
+    (sample / "masks").mkdir()
+    (sample / "images" / "s1.png").write_bytes(_png(np.full((64, 64, 3), 80, np.uint8)))
+    (sample / "masks" / "m0.jpg").write_bytes(jpeg)
+
+    report = convert_dsb2018(tmp_path / "src", tmp_path / "out", val_fraction=0.0,
+                             progress=False)
+    coco = json.loads((tmp_path / "out" / "annotations" / "instances_train.json").read_text())
+    assert [a["area"] for a in coco["annotations"]] == [int((decoded > 127).sum())]
+    assert abs(coco["annotations"][0]["area"] - true_area) < 0.05 * true_area
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["lossy_masks"] == report.lossy_masks
+    assert [Path(name).name for name in saved["lossy_masks"]] == ["m0.jpg"]
+
+
+class _ExplodingModel(torch.nn.Module):
+    """Fails in its forward pass as Detectron2's RPN does when weights became non-finite."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = torch.nn.Parameter(torch.ones(2))
+        self.second = torch.nn.Parameter(torch.tensor([1.0, float("inf")]))
+
+    def forward(self, batch):
+        raise FloatingPointError("Predicted boxes or scores contain Inf/NaN. Training has "
+                                 "diverged.")
+
+
+def test_divergence_caught_by_detectron2_names_iteration_weight_and_last_loss():
+    from detectron2.utils.events import EventStorage
+
+    from maskrcnn_pp.engine.trainer import CheckedSimpleTrainer, NonFiniteLossError
+
+    model = _ExplodingModel()
+    trainer = CheckedSimpleTrainer(model, iter(lambda: [torch.ones(2)], None),
+                                   torch.optim.SGD(model.parameters(), lr=0.1))
+    trainer.iter = 7
+    with EventStorage(6) as storage:
+        storage.put_scalars(loss_a=2.0, loss_b=3e9)
+        storage.step()
+        with pytest.raises(NonFiniteLossError) as caught:
+            trainer.run_step()
+    assert str(caught.value) == (
+        "diverged at iteration 7: non-finite predicted boxes or scores (Detectron2: Predicted "
+        "boxes or scores contain Inf/NaN. Training has diverged.) with the first non-finite "
+        "weight second; the losses of iteration 6 were finite, the largest loss_b=3e+09")

@@ -624,7 +624,7 @@ def results(inputs, tmp_path_factory, request) -> dict[str, Result]:
     """Every case, run once, on ``workers`` fork servers (or fresh interpreters) in
     parallel threads."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DETECTRON2_DATASETS": str(inputs.datasets),
-           "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "CI": "true"}
+           "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     workers = max(2, min(4, os.cpu_count() or 1))
     use_fork = hasattr(os, "fork") and not FRESH_ALL
     servers: queue.Queue = queue.Queue()

@@ -765,3 +765,25 @@ def test_divergence_caught_by_detectron2_names_iteration_weight_and_last_loss():
         "diverged at iteration 7: non-finite predicted boxes or scores (Detectron2: Predicted "
         "boxes or scores contain Inf/NaN. Training has diverged.) with the first non-finite "
         "weight second; the losses of iteration 6 were finite, the largest loss_b=3e+09")
+
+
+def test_user_error_from_a_data_loader_worker_is_its_own_line(capsys):
+    """torch re-raises a worker's exception with the worker's traceback as its message."""
+    from torch._utils import ExceptionWrapper
+
+    from maskrcnn_pp.data.mapper import BadImageError
+    from maskrcnn_pp.utils.errors import exit_on_user_error
+
+    try:
+        raise BadImageError("/data/x.png: cannot read image")
+    except BadImageError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+
+    @exit_on_user_error
+    def main():
+        wrapped.reraise()
+
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: /data/x.png: cannot read image\n"

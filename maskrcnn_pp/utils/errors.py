@@ -37,8 +37,15 @@ def as_user_error(err: BaseException) -> Optional[UserError]:
 
 
 def one_line(message: object) -> str:
-    """``message`` on a single line, so the error boundary prints exactly one."""
-    return " ".join(str(message).split())
+    """``message`` on a single line, so the error boundary prints exactly one.
+
+    A :class:`UserError` raised in a DataLoader worker reaches the main process re-raised
+    by torch with the worker's traceback as its message; its last line is the message.
+    """
+    text = str(message)
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(text.split())
 
 
 def exit_on_user_error(main: Callable) -> Callable:

@@ -14,6 +14,7 @@ import argparse
 from maskrcnn_pp.data.coco import datasets_root
 from maskrcnn_pp.data.semantic import iter_report_lines, prepare_nuclei_patches
 from maskrcnn_pp.utils.errors import exit_on_user_error
+from maskrcnn_pp.utils.io import check_output_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    check_output_dir(args.output, "--output")
     report = prepare_nuclei_patches(args.source, args.output, patch_size=args.patch_size,
                                     stride=args.stride, val_fraction=args.val_fraction,
                                     seed=args.seed)

@@ -13,6 +13,7 @@ import argparse
 from maskrcnn_pp.data.coco import datasets_root
 from maskrcnn_pp.data.semantic import iter_report_lines, prepare_polyp
 from maskrcnn_pp.utils.errors import exit_on_user_error
+from maskrcnn_pp.utils.io import check_output_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    check_output_dir(args.output, "--output")
     report = prepare_polyp(args.source, args.output, name=args.name, size=args.size,
                            val_fraction=args.val_fraction, seed=args.seed)
     print("\n".join(iter_report_lines(report)))

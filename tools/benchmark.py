@@ -20,7 +20,7 @@ import torch
 
 from maskrcnn_pp.engine import benchmark
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
-from maskrcnn_pp.utils.io import atomic_write_json, atomic_write_text
+from maskrcnn_pp.utils.io import atomic_write_json, atomic_write_text, check_output_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +54,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA device is available")
+    for flag, value in (("--repeats", args.repeats), ("--size", args.size),
+                        ("--batch", args.batch)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    check_output_dir(args.output, "--output")
     if args.group == "scale":
         return _scale(args)
     if args.group == "mask_rcnn":

@@ -15,10 +15,10 @@ import argparse
 import json
 from pathlib import Path
 
-from maskrcnn_pp.engine.trainer import load_config
+from maskrcnn_pp.engine.trainer import is_semantic, load_config
 from maskrcnn_pp.evaluation.semantic import RESULTS_FILE, comparison_markdown, comparison_row
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
-from maskrcnn_pp.utils.io import atomic_write_json, atomic_write_text
+from maskrcnn_pp.utils.io import atomic_write_json, atomic_write_text, check_output_file
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,6 +36,9 @@ def run_row(run: Path, dataset: str | None) -> dict:
     if not config.is_file():
         raise UserError(f"{run}: no config.yaml, not a training output folder")
     cfg = load_config(str(config))
+    if not is_semantic(cfg):
+        raise UserError(f"{config}: MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE}; "
+                        "compare_runs compares semantic runs (SemanticUNetPP)")
     if dataset is None and not cfg.DATASETS.TEST:
         raise UserError(f"{config}: DATASETS.TEST is empty; pass --dataset")
     results_file = run / "inference" / (dataset or cfg.DATASETS.TEST[0]) / RESULTS_FILE
@@ -45,14 +48,23 @@ def run_row(run: Path, dataset: str | None) -> dict:
                         f"MODEL.WEIGHTS {run / 'model_final.pth'})")
     try:
         results = json.loads(results_file.read_text())
-        return comparison_row(run.name, cfg, results)
-    except (json.JSONDecodeError, KeyError) as err:
-        raise UserError(f"{results_file}: not a semantic evaluation result ({err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{results_file}: not valid JSON ({err})") from None
+    numbers = {key: value for key, value in results.items()
+               if key in ("IoU", "Dice") or key.startswith(("IoU_L", "ms_per_image_"))
+               } if isinstance(results, dict) else {}
+    if not ({"IoU", "Dice"} <= numbers.keys() and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers.values())):
+        raise UserError(f"{results_file}: not a semantic evaluation result (expected a JSON "
+                        "object with numbers under 'IoU', 'Dice', 'IoU_L<j>', 'ms_per_image_*')")
+    return comparison_row(run.name, cfg, results)
 
 
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.output:
+        check_output_file(args.output, "--output")
     rows = [run_row(Path(run), args.dataset) for run in args.runs]
     table = comparison_markdown(rows)
     print(table, end="")

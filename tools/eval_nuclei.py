@@ -17,8 +17,8 @@ from maskrcnn_pp.evaluation.nuclei import (
     load_coco_ground_truth,
     load_coco_results,
 )
-from maskrcnn_pp.utils.errors import exit_on_user_error
-from maskrcnn_pp.utils.io import atomic_write_json
+from maskrcnn_pp.utils.errors import check_finite, exit_on_user_error
+from maskrcnn_pp.utils.io import atomic_write_json, check_output_file
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    check_finite(args.score_thresh, "--score-thresh")
+    if args.json:
+        check_output_file(args.json, "--json")
     coco_gt = load_coco_ground_truth(args.gt)
     results = load_coco_results(args.pred)
     metrics = evaluate_coco_results(coco_gt, results, score_thresh=args.score_thresh,

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 
-from maskrcnn_pp.engine.trainer import load_config
+from maskrcnn_pp.engine.trainer import is_semantic, load_config
 from maskrcnn_pp.evaluation.semantic import prune_report
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
+from maskrcnn_pp.utils.io import check_output_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,9 +34,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cfg = load_config(args.config_file, [*args.opts, "MODEL.WEIGHTS", args.weights])
+    if not is_semantic(cfg):
+        raise UserError(f"{args.config_file}: MODEL.META_ARCHITECTURE is "
+                        f"{cfg.MODEL.META_ARCHITECTURE}; the pruning report needs a semantic "
+                        "UNet++ config (SemanticUNetPP)")
     if args.dataset is None and not cfg.DATASETS.TEST:
         raise UserError(f"{args.config_file}: DATASETS.TEST is empty; pass --dataset")
     dataset = args.dataset or cfg.DATASETS.TEST[0]
+    check_output_dir(args.output, "--output")
     paths = prune_report(cfg, dataset, args.output,
                          allow_unsafe_pickle=args.allow_unsafe_pickle)
     print(paths["md"].read_text(), end="")

@@ -34,7 +34,8 @@ from maskrcnn_pp.evaluation.visualization import (
     render_semantic_predictions,
 )
 from maskrcnn_pp.inference import load_predictor
-from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
+from maskrcnn_pp.utils.errors import UserError, check_finite, exit_on_user_error
+from maskrcnn_pp.utils.io import check_output_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,19 +75,22 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--max-images must be at least 1, got {args.max_images}")
     if args.opts and not args.config_file:
         raise UserError(f"config overrides {' '.join(args.opts)} need --config-file")
+    check_finite(args.score_thresh, "--score-thresh")
     from_results = [args.pred, args.gt, args.image_root]
     from_model = [args.config_file, args.weights, args.dataset]
-    if all(from_results) and not any(from_model):
+    from_results_file = all(from_results) and not any(from_model)
+    if not (from_results_file or all(from_model) and not any(from_results)):
+        raise UserError("give either --pred, --gt and --image-root, or --config-file, "
+                        "--weights and --dataset")
+    check_output_dir(args.output, "--output")
+    if from_results_file:
         rendered = render_results_file(args.gt, args.pred, args.image_root, args.output,
                                        score_thresh=args.score_thresh,
                                        max_images=args.max_images, file_names=args.images)
-    elif all(from_model) and not any(from_results):
+    else:
         cfg = load_config(args.config_file, args.opts)
         rendered = (_render_semantic(cfg, args) if is_semantic(cfg)
                     else _render_instances(cfg, args))
-    else:
-        raise UserError("give either --pred, --gt and --image-root, or --config-file, "
-                        "--weights and --dataset")
     print(f"{len(rendered)} pictures: {args.output}")
 
 

@@ -12,6 +12,7 @@ from detectron2.data.datasets import load_coco_json
 from pycocotools import mask as mask_util
 
 from ..utils.errors import UserError
+from .validation import check_coco_ground_truth, read_json
 
 __all__ = ["datasets_root", "DatasetNotPreparedError", "mask_to_annotation",
            "register_coco_instances_lazy", "register_nuclei_coco"]
@@ -43,7 +44,8 @@ def register_coco_instances_lazy(name: str, json_file: PathLike, image_root: Pat
 
     Nothing is read until ``DatasetCatalog.get(name)``, which first calls ``prepare`` (if
     given: e.g. generate the files once); if ``json_file`` is missing then,
-    :class:`DatasetNotPreparedError` says which file and (``missing_hint``) how to make it.
+    :class:`DatasetNotPreparedError` says which file and (``missing_hint``) how to make it;
+    a truncated or malformed one is a :class:`UserError` naming it.
     Registering a name again replaces the earlier registration.
     """
     json_file, image_root = str(json_file), str(image_root)
@@ -55,6 +57,7 @@ def register_coco_instances_lazy(name: str, json_file: PathLike, image_root: Pat
             raise DatasetNotPreparedError(
                 f"data set {name!r} is not prepared: {os.path.abspath(json_file)} does not "
                 f"exist. {missing_hint}".rstrip())
+        check_coco_ground_truth(read_json(json_file), json_file)
         return load_coco_json(json_file, image_root, name)
 
     if name in DatasetCatalog.list():

@@ -1,6 +1,7 @@
 """DSB2018 nuclei: convert the Kaggle ``stage1_train`` layout to COCO JSON, and register it.
 
-The Kaggle release stores one PNG per nucleus (``<id>/masks/*.png``) beside each image
+The Kaggle release stores one PNG per nucleus (``<id>/masks/*.png``; some re-exports use
+JPEG, which is read too and reported as lossy) beside each image
 (``<id>/images/<id>.png``). Detectron2 wants one COCO file with RLE masks, so
 :func:`convert_dsb2018` writes ``images/<id>.png`` (RGB, 8 bit) and
 ``annotations/instances_{train,val}.json`` once; a bad file is skipped and reported by name
@@ -33,8 +34,8 @@ from .sources import display_name, source_root
 
 __all__ = [
     "NUCLEUS_CATEGORY", "ConversionReport", "Problem", "convert_dsb2018",
-    "find_sample_folders", "register_dsb2018", "prepare_command", "read_image_bgr8",
-    "read_mask", "SampleProblem", "split_val_ids", "write_conversion",
+    "find_sample_folders", "is_jpeg", "mask_files", "register_dsb2018", "prepare_command",
+    "read_image_bgr8", "read_mask", "SampleProblem", "split_val_ids", "write_conversion",
 ]
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 NUCLEUS_CATEGORY = {"id": 1, "name": "nucleus"}
 SPLITS = ("train", "val")
+MASK_SUFFIXES = (".png", ".jpg", ".jpeg")
 DSB2018_DIRNAME = "dsb2018"
 
 
@@ -68,6 +70,8 @@ class ConversionReport:
     problems: list[Problem] = field(default_factory=list)
     # One entry per image whose masks share pixels: {"image": id, "overlap_pixels": n}.
     overlaps: list[dict] = field(default_factory=list)
+    # JPEG masks: read, but compression changed their pixels (thresholded at half range).
+    lossy_masks: list[str] = field(default_factory=list)
 
     @property
     def images_skipped(self) -> int:
@@ -101,6 +105,7 @@ class _Sample:
     width: int
     annotations: list[dict] = field(default_factory=list)
     empty_masks: list[Path] = field(default_factory=list)
+    lossy_masks: list[Path] = field(default_factory=list)
     overlap_pixels: int = 0
     coco_id: int = 0
 
@@ -145,6 +150,8 @@ def convert_dsb2018(src: PathLike, out: PathLike, val_fraction: float = 0.1, see
                 samples.append(sample)
                 for mask_path in sample.empty_masks:
                     _record(report, root, SampleProblem(mask_path, "empty_mask", "mask is empty"))
+                report.lossy_masks += [display_name(p, root, Path(src))
+                                       for p in sample.lossy_masks]
                 if sample.overlap_pixels:
                     report.overlaps.append({"image": sample.image_id,
                                             "overlap_pixels": sample.overlap_pixels})
@@ -164,8 +171,13 @@ def write_conversion(samples: list[_Sample], report: ConversionReport, out: Path
     report.images_converted = len(samples)
     report.annotations = sum(len(s.annotations) for s in samples)
     report.split_images = {split: len(chosen) for split, chosen in splits.items()}
+    if report.lossy_masks:
+        logger.warning("%d JPEG mask(s) are lossy: thresholded at half range, listed in %s",
+                       len(report.lossy_masks), out / "report.json")
     atomic_write_json(out / "report.json", report.to_dict(), indent=2)
     if strict and report.problems:
+        for split in SPLITS:  # an earlier run's annotations must not pass for this one's
+            (out / "annotations" / f"instances_{split}.json").unlink(missing_ok=True)
         raise UserError(f"{len(report.problems)} problem(s) in {report.source} (--strict); "
                         f"annotations not written, see {out / 'report.json'}")
     for split, chosen in splits.items():
@@ -201,9 +213,9 @@ def _convert_sample(folder: Path, image_dir: Path) -> _Sample:
     image_path = folder / "images" / f"{image_id}.png"
     if not image_path.is_file():
         raise SampleProblem(folder / "images", "missing_image", f"no {image_id}.png in images/")
-    mask_paths = sorted((folder / "masks").glob("*.png"))
+    mask_paths = mask_files(folder)
     if not mask_paths:
-        raise SampleProblem(folder, "no_masks", "no masks/*.png for this image")
+        raise SampleProblem(folder, "no_masks", "no masks/*.png (or .jpg) for this image")
     image = read_image_bgr8(image_path)
     height, width = image.shape[:2]
 
@@ -211,6 +223,8 @@ def _convert_sample(folder: Path, image_dir: Path) -> _Sample:
     coverage = np.zeros((height, width), np.uint16)
     for mask_path in mask_paths:
         mask = read_mask(mask_path, (height, width))
+        if is_jpeg(mask_path):
+            sample.lossy_masks.append(mask_path)
         if not mask.any():
             sample.empty_masks.append(mask_path)
             continue
@@ -242,14 +256,29 @@ def read_image_bgr8(path: Path) -> np.ndarray:
         raise SampleProblem(path, "unreadable_image", err.reason) from None
 
 
+def mask_files(folder: Path) -> list[Path]:
+    """The per-nucleus mask files of a sample folder (``masks/*.png``, ``.jpg``, ``.jpeg``)."""
+    return sorted(path for path in (folder / "masks").glob("*")
+                  if path.suffix.lower() in MASK_SUFFIXES)
+
+
+def is_jpeg(path: Path) -> bool:
+    """Whether the file holds JPEG data (lossy), whatever its name says."""
+    with open(path, "rb") as file:
+        return file.read(3) == b"\xff\xd8\xff"
+
+
 def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """A mask PNG as a boolean array: a pixel is foreground where any channel is non-zero."""
+    """A mask file as a boolean array: a pixel is foreground where any channel is non-zero,
+    or, for JPEG, above half the range (its ringing around edges is non-zero, and ``> 0``
+    would inflate nuclei by ~44% and invent overlaps)."""
     pixels = _decode(path, "unreadable_mask")
     if pixels.shape[:2] != shape:
         raise SampleProblem(path, "size_mismatch",
                              f"mask is {pixels.shape[1]}x{pixels.shape[0]} (w x h) but its "
                              f"image is {shape[1]}x{shape[0]}")
-    return pixels.any(axis=2) if pixels.ndim == 3 else pixels > 0
+    threshold = np.iinfo(pixels.dtype).max // 2 if is_jpeg(path) else 0
+    return (pixels.max(axis=2) if pixels.ndim == 3 else pixels) > threshold
 
 
 def _assign_coco_ids(samples: list[_Sample]) -> None:

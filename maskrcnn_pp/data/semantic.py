@@ -40,6 +40,8 @@ from .coco import DatasetNotPreparedError, datasets_root
 from .dsb2018 import (
     SampleProblem,
     find_sample_folders,
+    is_jpeg,
+    mask_files,
     read_image_bgr8,
     read_mask,
     split_val_ids,
@@ -298,8 +300,10 @@ def _nuclei_union(folder: Path, prep: _Preparation) -> tuple[np.ndarray, np.ndar
     try:
         image = read_image_bgr8(image_path)
         union = np.zeros(image.shape[:2], bool)
-        for mask_path in sorted((folder / "masks").glob("*.png")):
+        for mask_path in mask_files(folder):
             mask = read_mask(mask_path, union.shape)
+            if is_jpeg(mask_path):
+                prep.warn(mask_path, "lossy JPEG mask, thresholded at half range")
             if not mask.any():
                 prep.warn(mask_path, "empty mask ignored")
             union |= mask

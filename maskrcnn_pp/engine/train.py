@@ -37,9 +37,11 @@ def run(args):
     try:
         return trainer.train()
     except (FloatingPointError, NonFiniteLossError) as err:
-        raise UserError(f"training stopped, {str(err).splitlines()[0]}. The last checkpoint in "
-                        f"{cfg.OUTPUT_DIR} is intact: lower SOLVER.BASE_LR or check the data, "
-                        "then --resume") from None
+        advice = (f"the last checkpoint in {cfg.OUTPUT_DIR} is intact: lower SOLVER.BASE_LR "
+                  "or check the data, then --resume" if trainer.checkpointer.has_checkpoint()
+                  else "no checkpoint was written: lower SOLVER.BASE_LR or check the data, "
+                       "then train again")
+        raise UserError(f"training stopped: {str(err).splitlines()[0]}; {advice}") from None
 
 
 @exit_on_user_error

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 import weakref
 from typing import List, Optional
@@ -19,6 +20,7 @@ from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, default
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
 
 from .. import compat
@@ -30,7 +32,7 @@ from ..evaluation.nuclei import NucleiEvaluator
 from ..evaluation.semantic import SemanticEvaluator
 from ..modeling.semantic_arch import SemanticUNetPP
 from ..utils.errors import UserError
-from ..utils.io import cut_json_lines
+from ..utils.io import check_output_dir, cut_json_lines
 from .checkpoint import SafeCheckpointer
 from .launch import create_ddp_model
 from .optim import build_optimizer
@@ -49,6 +51,8 @@ class _FiniteLossCheck:
 
     Detectron2 checks only the total after logging; this names the culprit, and because
     ``_write_metrics`` runs before ``optimizer.step()`` the bad gradients are never applied.
+    Detectron2's own divergence check (non-finite predicted boxes, raised in the forward
+    pass after a finite but exploding step) is named the same way.
     """
 
     def _write_metrics(self, loss_dict, data_time, prefix=""):
@@ -59,6 +63,31 @@ class _FiniteLossCheck:
                 f"non-finite loss at iteration {self.iter}: "
                 + ", ".join(f"{k}={v}" for k, v in sorted(bad.items())))
         super()._write_metrics(loss_dict, data_time, prefix)
+
+    def run_step(self):
+        try:
+            super().run_step()
+        except FloatingPointError as err:
+            raise NonFiniteLossError(self._divergence(err)) from None
+
+    def _divergence(self, err: FloatingPointError) -> str:
+        """Where training diverged: the iteration, the first non-finite weight, and the
+        largest of the last (finite) losses."""
+        weight = next((name for name, p in self.model.named_parameters()
+                       if not torch.isfinite(p).all()), None)
+        losses = sorted(((value, name, step) for name, (value, step)
+                         in get_event_storage().latest().items() if name.startswith("loss")),
+                        reverse=True)
+        last = (f"; the losses of iteration {losses[0][2]} were finite, the largest "
+                f"{losses[0][1]}={losses[0][0]:.4g}" if losses else "")
+        return (f"diverged at iteration {self.iter}: non-finite predicted boxes or scores "
+                f"(Detectron2: {str(err).splitlines()[0]}) with "
+                f"{f'the first non-finite weight {weight}' if weight else 'finite weights'}"
+                f"{last}")
+
+
+def _hide_user_error_traceback(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and isinstance(record.exc_info[1], UserError))
 
 
 class CheckedSimpleTrainer(_FiniteLossCheck, SimpleTrainer):
@@ -97,6 +126,16 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def train(self):
+        """Detectron2's loop, without its "Exception during training" traceback before a
+        :class:`UserError`, whose one line says everything."""
+        loop_logger = logging.getLogger(TrainerBase.__module__)
+        loop_logger.addFilter(_hide_user_error_traceback)
+        try:
+            return super().train()
+        finally:
+            loop_logger.removeFilter(_hide_user_error_traceback)
 
     @classmethod
     def build_checkpointer(cls, cfg: CfgNode, model: torch.nn.Module, *,
@@ -142,6 +181,19 @@ class Trainer(DefaultTrainer):
         compat.restart_data_loader(self._trainer)
         logger.info("Data stream continues after %d samples (seed %d)", self._sampler.skip,
                     self._sampler.seed)
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
+        """Detectron2's; a GroupNorm width that its group count does not divide is named by
+        its config key (torch names neither key nor layer)."""
+        try:
+            return super().build_model(cfg)
+        except ValueError as err:
+            found = re.fullmatch(r"num_channels \((\d+)\) must be divisible by num_groups "
+                                 r"\((\d+)\)", str(err))
+            if found is None:
+                raise
+            raise UserError(_group_norm_problem(cfg, *map(int, found.groups()))) from None
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module):
@@ -190,6 +242,37 @@ class Trainer(DefaultTrainer):
         return DatasetEvaluators(evaluators)
 
 
+# Widths normalized by each GroupNorm switch (Detectron2's "GN" has 32 groups).
+_GROUP_NORM_WIDTHS = {
+    "MODEL.RESNETS.NORM": ("MODEL.RESNETS.STEM_OUT_CHANNELS", "MODEL.RESNETS.RES2_OUT_CHANNELS",
+                           "MODEL.RESNETS.WIDTH_PER_GROUP"),
+    "MODEL.UNETPP.NORM": ("MODEL.UNETPP.WIDTH", "MODEL.UNETPP.OUT_CHANNELS"),
+    "MODEL.FPN.NORM": ("MODEL.FPN.OUT_CHANNELS",),
+    "MODEL.ROI_BOX_HEAD.NORM": ("MODEL.ROI_BOX_HEAD.CONV_DIM",),
+    "MODEL.ROI_MASK_HEAD.NORM": ("MODEL.ROI_MASK_HEAD.CONV_DIM",),
+}
+
+
+def _group_norm_problem(cfg: CfgNode, channels: int, groups: int) -> str:
+    """Which config key set a GroupNorm width of ``channels`` that ``groups`` does not divide."""
+    def value(key: str):
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        return node
+
+    keys = [key for norm, widths in _GROUP_NORM_WIDTHS.items() if value(norm) == "GN"
+            for key in widths if isinstance(value(key), int) and value(key) % groups]
+    exact = [key for key in keys if value(key) == channels]
+    named = (exact or keys)[:1]
+    if not named:
+        return (f"a GroupNorm layer has {channels} channels, which its {groups} groups do not "
+                "divide: make every width normalized with NORM 'GN' a multiple of "
+                f"{groups}")
+    return (f"{named[0]} = {value(named[0])} is not a multiple of {groups}, the group count "
+            f"of GroupNorm (NORM 'GN'): use a multiple of {groups} or another NORM")
+
+
 def _drop_metrics_from(path: str, start_iter: int) -> None:
     """Cut ``metrics.json`` before its first record of iteration ``start_iter`` or later
     (written after the checkpoint a resumed run starts from) or its first unreadable line (a
@@ -207,6 +290,38 @@ def is_semantic(cfg: CfgNode) -> bool:
     return cfg.MODEL.META_ARCHITECTURE == SemanticUNetPP.__name__
 
 
+def _check_config_files(config_file: str, chain: tuple = ()) -> None:
+    """Each YAML file of a ``_BASE_`` chain is readable safe YAML, a mapping of keys, and
+    names a base that exists (Detectron2 would raise FileNotFoundError or TypeError)."""
+    try:
+        with open(config_file, encoding="utf-8") as file:
+            data = yaml.safe_load(file)
+    except OSError as err:
+        raise UserError(f"config file {config_file} cannot be read ({err.strerror})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise UserError(f"{config_file}: not a safe YAML config "
+                        f"({str(err).splitlines()[0]})") from None
+    if data is None:
+        raise UserError(f"{config_file}: is empty")
+    if not isinstance(data, dict):
+        raise UserError(f"{config_file}: the top level is {type(data).__name__}, not a "
+                        "mapping of config keys (KEY: value)")
+    base = data.get("_BASE_")
+    if base is None or isinstance(base, str) and "://" in base:
+        return
+    if not isinstance(base, str):
+        raise UserError(f"{config_file}: _BASE_ must be a file name, got {base!r}")
+    path = os.path.expanduser(base)
+    if not os.path.isabs(path):
+        path = os.path.join(os.path.dirname(config_file), path)
+    if not os.path.isfile(path):
+        raise UserError(f"{config_file}: _BASE_ names {base}, which does not exist "
+                        f"({os.path.abspath(path)})")
+    if os.path.realpath(path) in chain:
+        raise UserError(f"{config_file}: _BASE_ {base} includes itself")
+    _check_config_files(path, (*chain, os.path.realpath(config_file)))
+
+
 def load_config(config_file: str, opts: Optional[List[str]] = None) -> CfgNode:
     """Detectron2 defaults + maskrcnn_pp keys + the YAML file + ``KEY VALUE`` overrides.
 
@@ -218,12 +333,10 @@ def load_config(config_file: str, opts: Optional[List[str]] = None) -> CfgNode:
         raise UserError("--config-file is required")
     if not os.path.isfile(config_file):
         raise UserError(f"config file {config_file} does not exist")
+    _check_config_files(config_file)
     try:
         cfg.merge_from_file(config_file, allow_unsafe=False)
         cfg.merge_from_list(list(opts or []))
-    except yaml.YAMLError as err:
-        raise UserError(f"{config_file}: not a safe YAML config "
-                        f"({str(err).splitlines()[0]})") from None
     except KeyError as err:
         raise UserError(f"{config_file}: {err.args[0]}") from None
     except (ValueError, AssertionError, TypeError) as err:
@@ -241,19 +354,25 @@ def load_config(config_file: str, opts: Optional[List[str]] = None) -> CfgNode:
     return cfg
 
 
-def _check_weights(cfg: CfgNode, resume: bool) -> None:
+def _check_weights(cfg: CfgNode, resume: bool, eval_only: bool) -> None:
+    """MODEL.WEIGHTS names a file that exists; ``--eval-only`` has trained weights to score
+    (Detectron2 would evaluate a randomly initialized model and exit 0)."""
     weights = cfg.MODEL.WEIGHTS
-    if not weights or "://" in weights or resume and os.path.isfile(
-            os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+    if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
         return
-    if not os.path.isfile(weights):
+    if eval_only and (not weights or "ImageNetPretrained" in weights):
+        raise UserError(f"--eval-only needs trained weights, but MODEL.WEIGHTS is "
+                        f"{weights or 'empty'}: add MODEL.WEIGHTS path/to/model_final.pth (or "
+                        f"--resume with a checkpoint in OUTPUT_DIR {cfg.OUTPUT_DIR})")
+    if weights and "://" not in weights and not os.path.isfile(weights):
         raise UserError(f"MODEL.WEIGHTS file {weights} does not exist")
 
 
 def setup(args) -> CfgNode:
     """Config from parsed CLI args, frozen, with Detectron2's logging and output folder."""
     cfg = load_config(args.config_file, args.opts)
-    _check_weights(cfg, getattr(args, "resume", False))
+    _check_weights(cfg, getattr(args, "resume", False), getattr(args, "eval_only", False))
+    check_output_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     cfg.freeze()
     default_setup(cfg, args)
     return cfg

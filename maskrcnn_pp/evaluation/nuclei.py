@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
-import json
 import logging
 import os
 from collections import Counter, defaultdict
@@ -34,7 +33,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tabulate import tabulate
 
-from ..utils.errors import UserError
+from ..data.validation import check_coco_ground_truth, check_coco_results, read_json
 from ..utils.io import atomic_write_json
 
 __all__ = [
@@ -264,41 +263,13 @@ def _metrics_of(overlap: InstanceOverlap) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- COCO files
 
-RESULT_KEYS = ("image_id", "category_id", "segmentation", "score")
-
-
-def _read_json(path: str | os.PathLike) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot be read ({err})") from None
-
-
 def coco_from_dict(data: Any, name: str) -> COCO:
-    """A pycocotools ``COCO`` index of an instances dict, after checking its structure."""
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise UserError(f"{name}: not a COCO instances file (no 'images' list)")
-    data = {**data, "annotations": data.get("annotations") or [],
-            "categories": data.get("categories") or []}
-    if not isinstance(data["annotations"], list):
-        raise UserError(f"{name}: 'annotations' is not a list")
-    for image in data["images"]:
-        if not (isinstance(image, dict) and {"id", "height", "width"} <= image.keys()):
-            raise UserError(f"{name}: an image entry lacks 'id', 'height' or 'width': "
-                            f"{str(image)[:80]}")
-    image_ids = {image["id"] for image in data["images"]}
-    for annotation in data["annotations"]:
-        if not (isinstance(annotation, dict) and "segmentation" in annotation
-                and annotation.get("image_id") in image_ids):
-            raise UserError(f"{name}: an annotation has no segmentation or an unknown "
-                            f"image_id: {str(annotation)[:80]}")
+    """A pycocotools ``COCO`` index of an instances dict, after
+    :func:`~maskrcnn_pp.data.validation.check_coco_ground_truth`."""
+    check_coco_ground_truth(data, name)
     coco = COCO()
-    coco.dataset = data
+    coco.dataset = {**data, "annotations": data.get("annotations") or [],
+                    "categories": data.get("categories") or []}
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
@@ -306,18 +277,13 @@ def coco_from_dict(data: Any, name: str) -> COCO:
 
 def load_coco_ground_truth(path: str | os.PathLike) -> COCO:
     """A COCO instances file; :class:`UserError` names the file and the problem."""
-    return coco_from_dict(_read_json(path), str(path))
+    return coco_from_dict(read_json(path), str(path))
 
 
-def load_coco_results(path: str | os.PathLike) -> list[dict]:
-    """A COCO results file (what ``COCOEvaluator`` writes): a list of detections."""
-    results = _read_json(path)
-    if not isinstance(results, list):
-        raise UserError(f"{path}: not a COCO results file (expected a JSON list of detections)")
-    for index, result in enumerate(results):
-        if not (isinstance(result, dict) and all(key in result for key in RESULT_KEYS)):
-            raise UserError(f"{path}: detection {index} lacks one of {', '.join(RESULT_KEYS)}")
-    return results
+def load_coco_results(path: str | os.PathLike) -> Any:
+    """A COCO results file (what ``COCOEvaluator`` writes), as read: it is checked against
+    the ground truth by :func:`evaluate_coco_results`."""
+    return read_json(path)
 
 
 def evaluate_coco_results(coco_gt: COCO, results: Sequence[dict], score_thresh: float = 0.5,
@@ -363,26 +329,15 @@ def _mean(values: Iterable[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def _normalized_results(coco_gt: COCO, results: Sequence[dict], name: str) -> list[dict]:
-    """Copies of the detections with compressed RLE masks, after checking them."""
+def _normalized_results(coco_gt: COCO, results: Any, name: str) -> list[dict]:
+    """Copies of the detections with compressed RLE masks, after
+    :func:`~maskrcnn_pp.data.validation.check_coco_results`."""
+    check_coco_results(results, coco_gt.imgs, coco_gt.getCatIds(), name)
     normalized = []
-    for index, result in enumerate(results):
-        image = coco_gt.imgs.get(result["image_id"])
-        if image is None:
-            raise UserError(f"{name}: detection {index} has image_id {result['image_id']!r}, "
-                            "which is not in the ground truth")
+    for result in results:
         segm = result["segmentation"]
-        if not (isinstance(segm, dict) and "counts" in segm and "size" in segm):
-            raise UserError(f"{name}: detection {index} has no RLE mask "
-                            "(segmentation must be {'size': [h, w], 'counts': ...})")
-        size = [image["height"], image["width"]]
-        if list(segm["size"]) != size:
-            raise UserError(f"{name}: detection {index} has a mask of size {segm['size']} "
-                            f"(h, w) on image {result['image_id']} of size {size}")
-        if not isinstance(result["score"], (int, float)):
-            raise UserError(f"{name}: detection {index} has a non-numeric score")
         if isinstance(segm["counts"], list):
-            segm = mask_util.frPyObjects(segm, *size)
+            segm = mask_util.frPyObjects(segm, *segm["size"])
         normalized.append({**result, "segmentation": segm})
     return normalized
 

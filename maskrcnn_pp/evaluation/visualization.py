@@ -241,8 +241,6 @@ def render_results_file(gt_json: PathLike, results_json: PathLike, image_root: P
             raise UserError(f"{gt_json}: has no image named {', '.join(unknown)}")
         image_ids = sorted(by_name[name] for name in file_names)
     image_ids = image_ids[:max_images]
-    if not image_ids:
-        raise UserError(f"{gt_json}: holds no images")
     evaluation = evaluate_coco_results(coco_gt, results, score_thresh=score_thresh,
                                        image_ids=image_ids, results_name=str(results_json))
     metrics_by_id = {entry["image_id"]: entry for entry in evaluation["per_image"]}

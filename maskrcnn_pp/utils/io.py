@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Optional, Union
 
+from .errors import UserError
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -82,3 +84,27 @@ def cut_json_lines(path: PathLike, stop: Callable[[Any], bool] = lambda record: 
     if keep < os.path.getsize(path):
         os.truncate(path, keep)
     return records
+
+
+def check_output_dir(path: PathLike, what: str) -> Path:
+    """Create folder ``path`` (with its parents) and prove it writable now, so a tool
+    fails before its slow work rather than after it; :class:`UserError` names ``what``."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise UserError(f"{what} {path}: cannot be created or written "
+                        f"({err.strerror or err})") from None
+    return path
+
+
+def check_output_file(path: PathLike, what: str) -> Path:
+    """:func:`check_output_dir` for the folder of file ``path``, which must not be a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path}: is a folder, expected a file name")
+    check_output_dir(path.parent, what)
+    return path

@@ -127,6 +127,7 @@ def test_exported_unetpp_levels_predict_like_eager(semantic_model, tmp_path, fmt
     for path, level in zip(paths, levels):
         exported = load_exported_model(path)
         assert exported.info["level"] == level
+        assert exported.info["input"]["layout"].startswith("NCHW float32")
         probabilities = exported.model_fn(x)
         assert probabilities.shape == (2, 1, 64, 64)
         torch.testing.assert_close(probabilities, semantic_reference(model, x, level),
@@ -164,6 +165,8 @@ def test_a_pruned_onnx_graph_has_only_the_convolutions_of_its_level(semantic_mod
 def test_3d_unetpp_exports_to_torchscript(tmp_path_factory, tmp_path):
     model, cfg, weights = random_model("semantic_3d_quick.yaml", tmp_path_factory)
     (path,) = export_model(cfg, weights, "torchscript", tmp_path)
+    assert json.loads(path.with_suffix(".json").read_text())["input"]["layout"].startswith(
+        "NCDHW float32")
     x = torch.rand(1, 1, 16, 32, 32, generator=torch.Generator().manual_seed(1)) * 255
     torch.testing.assert_close(load_exported_model(path).model_fn(x),
                                semantic_reference(model, x, model.inference_level),

@@ -228,8 +228,9 @@ def _sidecar(cfg: CfgNode, fmt: str, file_name: str, kind: str, level: int | Non
         layout = ("CHW float32 on the 0..255 scale in INPUT.FORMAT channel order, after the "
                   "test resize (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST)")
     else:
-        layout = ("N" + "CDHW"[-example.dim() + 1:] + " float32 as the semantic test mapper "
-                  "makes it (0..255 scale; the graph applies MODEL.PIXEL_MEAN / PIXEL_STD)")
+        layout = ("NC" + "DHW"[-(example.dim() - 2):] + " float32 as the semantic test "
+                  "mapper makes it (0..255 scale; the graph applies MODEL.PIXEL_MEAN / "
+                  "PIXEL_STD); spatial sizes multiples of 2^L, L = len(MODEL.SEMANTIC.WIDTHS) - 1")
     return {"sidecar_version": SIDECAR_VERSION, "format": fmt, "file": file_name,
             "kind": kind, "meta_architecture": cfg.MODEL.META_ARCHITECTURE, "level": level,
             "input": {"layout": layout, "example_shape": list(example.shape)},
@@ -383,7 +384,10 @@ def _graph_runner(path: Path, fmt: str) -> Callable[[torch.Tensor], Any]:
         raise UserError(f"{path}: running ONNX files needs onnxruntime "
                         "(pip install -e .[export])") from None
     try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()   # as many as torch uses
+        session = onnxruntime.InferenceSession(str(path), options,
+                                               providers=["CPUExecutionProvider"])
     except Exception as err:   # onnxruntime raises its own exception types
         raise UserError(f"{path}: onnxruntime cannot load it ({err})") from None
     input_name = session.get_inputs()[0].name

@@ -88,10 +88,17 @@ def test_exported_mask_rcnn_pp_predicts_like_eager(pp_model, tmp_path, fmt):
         assert_same_instances(eager_instances, exported.model_fn(tile))
 
 
-def test_exported_baseline_predicts_like_eager(tmp_path_factory, tmp_path):
-    model, cfg, weights = random_model("mask_rcnn_baseline_synthetic.yaml", tmp_path_factory,
-                                       ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
-    (path,) = export_model(cfg, weights, "torchscript", tmp_path)
+@pytest.fixture(scope="module")
+def baseline_model(tmp_path_factory):
+    return random_model("mask_rcnn_baseline_synthetic.yaml", tmp_path_factory,
+                        ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
+
+
+@pytest.mark.parametrize("fmt", ["torchscript",
+                                 pytest.param("onnx", marks=needs_onnxruntime)])
+def test_exported_baseline_predicts_like_eager(baseline_model, tmp_path, fmt):
+    model, cfg, weights = baseline_model
+    (path,) = export_model(cfg, weights, fmt, tmp_path)
     tile = nuclei_tile(128, 3)
     assert_same_instances(DetectronModelRunner(model, cfg)(tile),
                           load_exported_model(path).model_fn(tile))
@@ -240,3 +247,13 @@ def test_detectron2_export_imports_without_caffe2():
     assert export.TracingAdapter.__name__ == "TracingAdapter"
     if importlib.util.find_spec("caffe2") is None:
         assert not hasattr(export, "Caffe2Tracer")
+
+
+@pytest.mark.parametrize("suffix", [".ts", pytest.param(".onnx", marks=needs_onnxruntime)])
+def test_a_damaged_graph_file_is_a_user_error(semantic_model, tmp_path, suffix):
+    _, cfg, weights = semantic_model
+    fmt = "torchscript" if suffix == ".ts" else "onnx"
+    (path,) = export_model(cfg, weights, fmt, tmp_path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(UserError, match="model" + suffix.replace(".", r"\.")):
+        load_exported_model(path)

@@ -172,9 +172,8 @@ def _detector_graph(cfg: CfgNode, model: nn.Module) -> tuple[nn.Module, torch.Te
 
 @contextlib.contextmanager
 def _tracing():
-    """No gradients, and no TracerWarnings: Detectron2's and our shape checks turn into
-    constants by design (the traced size is the tile size), which torch warns about at
-    every one of them."""
+    """No gradients, and no TracerWarnings: the shape checks in Detectron2 and in our
+    modules become constants of the graph, as intended, and torch warns at every one."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         yield

@@ -128,27 +128,32 @@ def _semantic_example(cfg: CfgNode, net: NestedSegmentationNet) -> torch.Tensor:
     return torch.rand((1, net.in_channels) + (size,) * net.dims, generator=generator) * 255
 
 
-class _Recorder:
-    """Stands in for the detector inside ``DetectronModelRunner`` to capture the tensor the
-    runner's pre-processing makes, so the trace sees exactly what the predictor feeds."""
+class _Captured(Exception):
+    """Carries the tensor a ``DetectronModelRunner`` hands its model out of the runner."""
 
-    image: torch.Tensor
+
+class _Recorder:
+    """Stands in for the detector inside ``DetectronModelRunner`` and stops it with the
+    tensor its pre-processing made, so the trace sees exactly what the predictor feeds."""
 
     def eval(self) -> _Recorder:
         return self
 
-    def __call__(self, batched_inputs: list[dict]) -> list[dict]:
-        self.image = batched_inputs[0]["image"]
-        return [{"instances": Instances(tuple(self.image.shape[1:]))}]
+    def inference(self, batched_inputs: list[dict], **kwargs):
+        raise _Captured(batched_inputs[0]["image"])
+
+    __call__ = inference   # whichever entry point the runner calls
 
 
 def _detector_example(cfg: CfgNode) -> torch.Tensor:
     """A synthetic nuclei tile of the test size, pre-processed as the predictor does."""
     size = int(cfg.INPUT.MIN_SIZE_TEST or cfg.INPUT.MAX_SIZE_TEST)
     tile, _ = render_image(np.random.default_rng(0), SyntheticNucleiSpec(size=size), False)
-    recorder = _Recorder()
-    DetectronModelRunner(recorder, cfg)(tile)
-    return recorder.image
+    try:
+        DetectronModelRunner(_Recorder(), cfg)(tile)
+    except _Captured as captured:
+        return captured.args[0]
+    raise AssertionError("DetectronModelRunner did not call its model")
 
 
 def _raw_instances(model: nn.Module, inputs: list[dict]) -> list[dict]:
@@ -224,8 +229,9 @@ def _trace_onnx(graph: nn.Module, example: torch.Tensor, what: str, batched: boo
 def _sidecar(cfg: CfgNode, fmt: str, file_name: str, kind: str, level: int | None,
              example: torch.Tensor, outputs: Sequence[str]) -> dict[str, Any]:
     if kind == "instance":
-        layout = ("CHW float32 on the 0..255 scale in INPUT.FORMAT channel order, after the "
-                  "test resize (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST)")
+        layout = (f"CHW {str(example.dtype).removeprefix('torch.')} on the 0..255 scale in "
+                  "INPUT.FORMAT channel order, after the test resize (INPUT.MIN_SIZE_TEST / "
+                  "MAX_SIZE_TEST)")
     else:
         layout = ("NC" + "DHW"[-(example.dim() - 2):] + " float32 as the semantic test "
                   "mapper makes it (0..255 scale; the graph applies MODEL.PIXEL_MEAN / "
@@ -312,8 +318,8 @@ class ExportedModel:
 
 
 class _GraphDetector:
-    """An exported detector behind the eager model's interface (Detectron2 input dicts in,
-    ``{"instances": ...}`` out), so ``DetectronModelRunner`` pre-processes for both."""
+    """An exported detector behind ``GeneralizedRCNN``'s inference interface, so that
+    ``DetectronModelRunner`` pre- and post-processes graph and eager model alike."""
 
     def __init__(self, run: Callable[[torch.Tensor], Sequence[torch.Tensor]],
                  fields: Sequence[str], score_thresh: float):
@@ -322,17 +328,22 @@ class _GraphDetector:
     def eval(self) -> _GraphDetector:
         return self
 
-    def __call__(self, batched_inputs: list[dict]) -> list[dict]:
-        results = []
-        for inputs in batched_inputs:
-            image = inputs["image"]
-            raw = Instances(tuple(image.shape[1:]),
-                            **dict(zip(self.fields, self.run(image))))
-            raw.pred_boxes = Boxes(raw.pred_boxes)
-            raw = raw[raw.scores > self.score_thresh]
-            results.append({"instances": detector_postprocess(
-                raw, inputs.get("height", image.shape[1]), inputs.get("width", image.shape[2]))})
-        return results
+    def _raw(self, image: torch.Tensor) -> Instances:
+        raw = Instances(tuple(image.shape[1:]), **dict(zip(self.fields, self.run(image))))
+        raw.pred_boxes = Boxes(raw.pred_boxes)
+        return raw[raw.scores > self.score_thresh]
+
+    def inference(self, batched_inputs: list[dict], do_postprocess: bool = True) -> list:
+        """Raw ``Instances`` at the input's size, or (``do_postprocess``) Detectron2's
+        ``[{"instances": ...}]`` at each dict's ``height`` x ``width``."""
+        raws = [self._raw(inputs["image"]) for inputs in batched_inputs]
+        if not do_postprocess:
+            return raws
+        return [{"instances": detector_postprocess(
+            raw, inputs.get("height", raw.image_size[0]), inputs.get("width", raw.image_size[1]))}
+            for raw, inputs in zip(raws, batched_inputs)]
+
+    __call__ = inference   # a Detectron2 model in eval mode: forward is inference
 
 
 def _read_sidecar(path: Path) -> dict:

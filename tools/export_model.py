@@ -7,7 +7,7 @@
         --weights model_final.pth --format onnx --output export/ --levels 1 2 3 4
 
 Writes ``model.ts`` / ``model.onnx`` (semantic networks with ``--levels``: ``model_L<j>``
-per level, 0 the accurate mode) and ``<stem>.json`` beside each, which holds the config and
+per level, 0 the accurate mode) and ``<file>.json`` beside each, which holds the config and
 the input layout. ``maskrcnn_pp.inference.export.load_exported_model`` loads them. Config
 overrides (``KEY VALUE ...``) may follow the options.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 from maskrcnn_pp.engine.trainer import load_config
-from maskrcnn_pp.inference.export import export_model
+from maskrcnn_pp.inference.export import export_model, sidecar_path
 from maskrcnn_pp.utils.errors import exit_on_user_error
 
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cfg = load_config(args.config_file, args.opts)
     for path in export_model(cfg, args.weights, args.format, args.output, args.levels):
-        print(f"wrote {path} and {path.with_suffix('.json').name}")
+        print(f"wrote {path} and {sidecar_path(path).name}")
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ network callable of a predictor.
   it, to probabilities ``(N, K, ...)``. A pruned level L_j is exported from a copy of the
   network that holds only the nodes and head L_j uses, so the file is the smaller network.
 
-Every graph ``<stem>.ts`` / ``<stem>.onnx`` gets a sidecar ``<stem>.json``: the full config,
-format, kind, level, input layout and output names, and the versions that wrote it. Graphs
-are traced and run on the CPU; ONNX files run with onnxruntime (``pip install -e .[export]``).
+Every graph ``<stem>.ts`` / ``<stem>.onnx`` gets a sidecar ``<stem>.ts.json`` /
+``<stem>.onnx.json`` (both formats may share a folder): the full config, format, kind,
+level, input layout and output names, and the versions that wrote it. Graphs are traced
+and run on the CPU; ONNX files run with onnxruntime (``pip install -e .[export]``).
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ from ..modeling.semantic_arch import SemanticUNetPP
 from ..utils.errors import UserError
 from ..utils.io import atomic_write_bytes, atomic_write_json
 
-__all__ = ["FORMATS", "ONNX_OPSET", "ExportedModel", "export_model", "load_exported_model"]
+__all__ = ["FORMATS", "ONNX_OPSET", "ExportedModel", "export_model", "load_exported_model",
+           "sidecar_path"]
 
 PathLike = Union[str, os.PathLike]
 FORMATS = {"torchscript": ".ts", "onnx": ".onnx"}
@@ -65,6 +67,11 @@ _INSTANCE_FIELDS = ["pred_boxes", "pred_classes", "pred_masks", "scores"]
 
 
 # --------------------------------------------------------------------------- export
+
+
+def sidecar_path(graph: Path) -> Path:
+    """``model.ts`` -> ``model.ts.json``: each format its own, so both can share a folder."""
+    return graph.with_name(graph.name + ".json")
 
 
 def _check_request(fmt: str, weights: str, output_dir: Path) -> None:
@@ -291,7 +298,7 @@ def export_model(cfg: CfgNode, weights: str, fmt: str, output_dir: PathLike,
                 else _trace_onnx(graph, example, what, batched=semantic))
         path = output_dir / f"{stem}{FORMATS[fmt]}"
         atomic_write_bytes(path, data)
-        atomic_write_json(path.with_suffix(".json"),
+        atomic_write_json(sidecar_path(path),
                           _sidecar(cfg, fmt, path.name, "semantic" if semantic else "instance",
                                    level, example, outputs), indent=1)
         written.append(path)
@@ -347,7 +354,7 @@ class _GraphDetector:
 
 
 def _read_sidecar(path: Path) -> dict:
-    sidecar = path.with_suffix(".json")
+    sidecar = sidecar_path(path)
     try:
         info = json.loads(sidecar.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -422,7 +429,7 @@ def load_exported_model(path: PathLike, score_thresh: float | None = None) -> Ex
     if not path.is_file():
         raise UserError(f"exported model {path} does not exist")
     info = _read_sidecar(path)
-    cfg = _config_from(info, path.with_suffix(".json"))
+    cfg = _config_from(info, sidecar_path(path))
     run = _graph_runner(path, info["format"])
     if info["kind"] == "semantic":
         return ExportedModel(path, cfg, info, run)

@@ -240,7 +240,7 @@ def test_bad_requests_are_one_line_exit_2_before_any_work(pp_model, tmp_path, ca
     assert not list((tmp_path / "out").glob("model*"))
 
 
-def test_unknown_level_and_missing_sidecar_are_user_errors(semantic_model, tmp_path):
+def test_unknown_level_missing_sidecar_and_odd_sizes_are_user_errors(semantic_model, tmp_path):
     _, cfg, weights = semantic_model
     with pytest.raises(UserError, match="level 7 is not available"):
         export_model(cfg, weights, "torchscript", tmp_path, levels=[7])
@@ -248,6 +248,9 @@ def test_unknown_level_and_missing_sidecar_are_user_errors(semantic_model, tmp_p
     sidecar_path(path).unlink()
     with pytest.raises(UserError, match=r"sidecar model\.ts\.json is missing"):
         load_exported_model(path)
+    (path,) = export_model(cfg, weights, "torchscript", tmp_path / "ok")
+    with pytest.raises(UserError, match=r"size \(30, 32\) is not a multiple of 4"):
+        load_exported_model(path).model_fn(torch.zeros(1, 1, 30, 32))
     with pytest.raises(UserError, match="ends in .ts or .onnx"):
         load_exported_model(tmp_path / "model.pth")
 

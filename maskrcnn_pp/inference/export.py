@@ -417,6 +417,21 @@ def _graph_runner(path: Path, fmt: str) -> Callable[[torch.Tensor], Any]:
     return run_onnx
 
 
+def _sized_semantic(run: Callable[[torch.Tensor], torch.Tensor], cfg: CfgNode, path: Path
+                    ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The semantic graph, refusing spatial sizes it was not traced for: the eager network
+    crops or pads odd-sized levels, which a trace fixes to the traced case."""
+    multiple = 2 ** (len(cfg.MODEL.SEMANTIC.WIDTHS) - 1)
+
+    def model_fn(x: torch.Tensor) -> torch.Tensor:
+        if any(size % multiple for size in x.shape[2:]):
+            raise UserError(f"{path}: input spatial size {tuple(x.shape[2:])} is not a "
+                            f"multiple of {multiple}, which the exported network needs")
+        return run(x)
+
+    return model_fn
+
+
 def load_exported_model(path: PathLike, score_thresh: float | None = None) -> ExportedModel:
     """Load ``model*.ts`` / ``model*.onnx`` and its sidecar (see :class:`ExportedModel`).
 
@@ -432,7 +447,7 @@ def load_exported_model(path: PathLike, score_thresh: float | None = None) -> Ex
     cfg = _config_from(info, sidecar_path(path))
     run = _graph_runner(path, info["format"])
     if info["kind"] == "semantic":
-        return ExportedModel(path, cfg, info, run)
+        return ExportedModel(path, cfg, info, _sized_semantic(run, cfg, path))
     if score_thresh is None:
         score_thresh = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
     detector = _GraphDetector(run, info["outputs"], score_thresh)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import sys
 
 import detectron2
 
@@ -36,3 +37,24 @@ def restart_data_loader(trainer) -> None:
         trainer._data_loader_iter_obj = None
     else:
         trainer._data_loader_iter = iter(trainer.data_loader)
+
+
+def detectron2_export():
+    """``detectron2.export`` (``TracingAdapter``, ``flatten``, ``torchscript_patch``) on any
+    build. v0.6's package ``__init__`` imports caffe2, which current torch no longer ships;
+    ``tools/install_detectron2.py`` guards that import, but a build installed before the
+    guard still fails. There the package is registered without running its ``__init__``,
+    so its caffe2-free submodules import as usual."""
+    try:
+        import detectron2.export as export
+        return export
+    except ImportError as err:
+        if "caffe2" not in str(err):
+            raise
+    spec = importlib.util.find_spec("detectron2.export")
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["detectron2.export"] = package
+    from detectron2.export import flatten, torchscript_patch  # noqa: F401
+
+    package.TracingAdapter = flatten.TracingAdapter
+    return package

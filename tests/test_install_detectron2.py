@@ -2,6 +2,7 @@
 import importlib.util
 import inspect
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -118,3 +119,45 @@ def test_coco_evaluator_counts_every_detection_where_the_build_can(monkeypatch):
     assert coco_evaluator("x", max_dets_per_image=400).max_dets_per_image == 400
     monkeypatch.setattr(detectron2.evaluation, "COCOEvaluator", V06)
     assert isinstance(coco_evaluator("x", max_dets_per_image=400), V06)
+
+
+# detectron2/export/__init__.py of pb1-detectron2 0.6 (upstream v0.6), verbatim
+V06_EXPORT_INIT = '''# -*- coding: utf-8 -*-
+
+from .api import *
+from .flatten import TracingAdapter
+from .torchscript import scripting_with_instances, dump_torchscript_IR
+
+__all__ = [k for k in globals().keys() if not k.startswith("_")]
+'''
+
+
+def _import_package(name, folder):
+    spec = importlib.util.spec_from_file_location(name, folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            del sys.modules[key]
+    return module
+
+
+@pytest.mark.skipif(importlib.util.find_spec("caffe2") is not None,
+                    reason="caffe2 is installed here, so v0.6's import does not fail")
+def test_export_guard_makes_v06_export_importable_without_caffe2(tmp_path):
+    """The edit applied to v0.6's text: the unpatched package fails on caffe2, the patched
+    one imports TracingAdapter and the TorchScript helpers (submodules from this build)."""
+    folder = tmp_path / "detectron2" / "export"
+    shutil.copytree(D2_ROOT / "export", folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "__init__.py").write_text(V06_EXPORT_INIT)
+    with pytest.raises(ImportError, match="caffe2"):
+        _import_package("v06_export_unpatched", folder)
+    guard = [e for e in installer.EDITS if e.path == "detectron2/export/__init__.py"]
+    installer.apply_edits(tmp_path, guard)
+    patched = _import_package("v06_export_patched", folder)
+    assert patched.TracingAdapter.__name__ == "TracingAdapter"
+    assert callable(patched.scripting_with_instances)
+    assert not hasattr(patched, "Caffe2Tracer")

@@ -3,6 +3,7 @@
 
     tools/benchmark.py --group mask_rcnn --output docs/bench     # 256 px, batch 2
     tools/benchmark.py --group semantic --output docs/bench      # 96 px, batch 8
+    tools/benchmark.py --group export --output docs/bench        # eager / TorchScript / ONNX
     tools/benchmark.py --device cuda ...                         # on a GPU
     tools/benchmark.py --group scale --output docs/bench         # post-processing at scale
 
@@ -14,6 +15,7 @@ import argparse
 import os
 import platform
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -27,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--group", choices=("mask_rcnn", "semantic", "scale"), required=True)
+    p.add_argument("--group", choices=("mask_rcnn", "semantic", "scale", "export"), required=True)
     p.add_argument("--cases", default="2048:4096,4096:16384,8192:65536",
                    help="scale: SIZE:NUCLEI,... (square nuclei counts)")
     p.add_argument("--tile-size", type=int, default=1024, help="scale: tile side")
@@ -38,6 +40,9 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, help="batch size (default 2 / 8)")
     p.add_argument("--pp-config", default=str(ROOT / "configs" / "mask_rcnn_pp.yaml"))
     p.add_argument("--baseline-config", default=str(ROOT / "configs" / "mask_rcnn_baseline.yaml"))
+    p.add_argument("--semantic-config",
+                   default=str(ROOT / "configs" / "semantic" / "nuclei_unetpp.yaml"),
+                   help="the UNet++ of --group export")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--output", type=Path, default=ROOT / "docs" / "bench")
     return p.parse_args(argv)
@@ -47,6 +52,22 @@ def machine_description(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(0)
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def export_rows(args) -> list:
+    """Eager vs TorchScript vs ONNX Runtime, one interleaved group per model."""
+    if args.device != "cpu":
+        raise UserError("--group export measures CPU latency: use --device cpu")
+    with tempfile.TemporaryDirectory(prefix="export-bench-") as workdir:
+        groups = benchmark.export_groups(args.pp_config, args.semantic_config, workdir,
+                                         size=args.size or 256, batch=args.batch or 8)
+        return [row for cands in groups
+                for row in benchmark.run_group(cands, device="cpu", repeats=args.repeats,
+                                               memory=False, progress=_progress)]
 
 
 @exit_on_user_error
@@ -65,12 +86,14 @@ def main(argv=None) -> int:
         cands = benchmark.mask_rcnn_group(args.pp_config, args.baseline_config,
                                           size=args.size or 256, batch=args.batch or 2,
                                           device=args.device)
-    else:
+    elif args.group == "semantic":
         cands = benchmark.semantic_group(size=args.size or 96, batch=args.batch or 8,
                                          device=args.device)
-    rows = benchmark.run_group(cands, device=args.device, repeats=args.repeats,
-                               memory=not args.no_memory,
-                               progress=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.group == "export":
+        rows = export_rows(args)
+    else:
+        rows = benchmark.run_group(cands, device=args.device, repeats=args.repeats,
+                                   memory=not args.no_memory, progress=_progress)
     table = benchmark.markdown_table(rows)
     command = "tools/benchmark.py " + " ".join(sys.argv[1:])
     header = (f"Machine: {machine_description(args.device)}; torch {torch.__version__}; "

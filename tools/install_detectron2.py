@@ -39,6 +39,15 @@ _GUARDED_C_IMPORT = (
     "    _C = None\n"
 )
 
+_GUARDED_CAFFE2_API = (
+    "try:\n"
+    "    from caffe2.proto import caffe2_pb2 as _caffe2_pb2  # noqa: F401\n"
+    "except ImportError:  # torch without caffe2: no Caffe2Tracer (maskrcnn_pp patch)\n"
+    "    pass\n"
+    "else:\n"
+    "    from .api import *\n"
+)
+
 
 @dataclass(frozen=True)
 class Edit:
@@ -73,6 +82,8 @@ EDITS = (
                 "layers/rotated_boxes.py", "evaluation/fast_eval_api.py")),
     Edit("detectron2/data/transforms/transform.py", "interp=Image.LINEAR", "interp=Image.BILINEAR",
          why="Pillow 10 removed Image.LINEAR (it was an alias of BILINEAR)"),
+    Edit("detectron2/export/__init__.py", "from .api import *\n", _GUARDED_CAFFE2_API,
+         why="torch 2 ships no caffe2: keep TracingAdapter and TorchScript export importable"),
     Edit("detectron2/model_zoo/model_zoo.py", "import pkg_resources\n", "",
          why="setuptools 82 removed pkg_resources"),
     Edit("detectron2/model_zoo/model_zoo.py",

@@ -31,9 +31,9 @@ from ..data.synthetic import SyntheticNucleiSpec, render_image
 from ..modeling.semantic import UNet, UNetPlusPlus, deep_supervision_losses
 from .trainer import load_config
 
-__all__ = ["Candidate", "mask_rcnn_group", "semantic_group", "run_group", "markdown_table",
-           "nuclei_grid_image", "PerfectNucleiModel", "scale_case", "run_scale_case",
-           "scale_table"]
+__all__ = ["Candidate", "mask_rcnn_group", "semantic_group", "export_groups", "run_group",
+           "markdown_table", "nuclei_grid_image", "PerfectNucleiModel", "scale_case",
+           "run_scale_case", "scale_table"]
 
 
 @dataclass
@@ -47,8 +47,8 @@ class Candidate:
 
 @dataclass
 class BuiltCandidate:
-    model: torch.nn.Module
-    train_step: Callable[[], None]
+    model: Optional[torch.nn.Module]
+    train_step: Optional[Callable[[], None]]   # None: inference only (exported graphs)
     infer: Callable[[], None]
     params: int
     flops: Optional[float] = None
@@ -219,6 +219,75 @@ def semantic_group(size: int = 96, batch: int = 8, device: str = "cpu",
     return cands
 
 
+def _exported_candidates(name: str, model: torch.nn.Module, cfg, workdir: str,
+                         eager_infer: Callable[[], None], exported_infer: Callable,
+                         params: int, level: Optional[int] = None) -> List[Candidate]:
+    """Eager (the reference), TorchScript and ONNX Runtime versions of one model, the graphs
+    written by :func:`maskrcnn_pp.inference.export.export_model` from saved weights."""
+    import os
+
+    from ..inference.export import export_model, load_exported_model
+    from .checkpoint import SafeCheckpointer
+
+    folder = os.path.join(workdir, name.replace(" ", "_").replace("+", "p"))
+    SafeCheckpointer(model, folder).save("model")
+    weights = os.path.join(folder, "model.pth")
+
+    def build(fmt):
+        (path,) = export_model(cfg, weights, fmt, folder, None if level is None else [level])
+        model_fn = load_exported_model(path).model_fn
+        return BuiltCandidate(None, None, partial(exported_infer, model_fn), params)
+
+    return [Candidate(f"{name} eager", lambda: BuiltCandidate(model, None, eager_infer, params),
+                      reference=True),
+            Candidate(f"{name} TorchScript", partial(build, "torchscript")),
+            Candidate(f"{name} ONNX Runtime", partial(build, "onnx"))]
+
+
+def _semantic_export_groups(config_file: str, workdir: str, size: int, batch: int
+                            ) -> List[List[Candidate]]:
+    cfg = load_config(config_file, ["MODEL.DEVICE", "cpu"])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    shape = (batch, model.net.in_channels) + (size,) * model.net.dims
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 255
+
+    def eager(level):
+        with torch.no_grad():
+            model.inference([{"image": image} for image in x], level=level)
+
+    return [_exported_candidates(f"UNet++ L{level}", model, cfg, workdir,
+                                 partial(eager, level), lambda fn: fn(x),
+                                 model.net.parameter_count(level), level)
+            for level in model.levels]
+
+
+def _mask_rcnn_export_group(config_file: str, workdir: str, size: int) -> List[Candidate]:
+    from ..inference.instance import DetectronModelRunner
+
+    cfg = load_config(config_file, ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", str(size),
+                                    "INPUT.MAX_SIZE_TEST", str(size)])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    tile, _ = render_image(np.random.default_rng(0), SyntheticNucleiSpec(size=size), False)
+    runner = DetectronModelRunner(model, cfg)
+    return _exported_candidates("Mask R-CNN++", model, cfg, workdir, lambda: runner(tile),
+                                lambda fn: fn(tile), sum(p.numel() for p in model.parameters()))
+
+
+def export_groups(pp_config: str, semantic_config: str, workdir: str, size: int = 256,
+                  semantic_size: int = 96, batch: int = 8) -> List[List[Candidate]]:
+    """Inference latency of eager vs exported graphs on the CPU: UNet++ of
+    ``semantic_config`` at each of its pruning levels on a batch of ``batch`` patches, and
+    Mask R-CNN++ of ``pp_config`` on one ``size`` px synthetic nuclei tile (test resize set
+    to ``size``, through the predictor's network callable: pre-processing, graph, mask
+    pasting). Weights are random (seed 0): timing does not depend on them, except through
+    the number of detections, which an untrained detector fills up to
+    ``TEST.DETECTIONS_PER_IMAGE``."""
+    return [*_semantic_export_groups(semantic_config, workdir, semantic_size, batch),
+            _mask_rcnn_export_group(pp_config, workdir, size)]
+
+
 def _status_kib(field_name: str) -> int:
     with open("/proc/self/status") as status:
         for line in status:
@@ -275,6 +344,8 @@ def run_group(candidates: List[Candidate], device: str = "cpu", repeats: int = 1
         for kind in ("train", "infer"):
             for cand in candidates:
                 fn = built[cand.name].train_step if kind == "train" else built[cand.name].infer
+                if fn is None:
+                    continue
                 _sync(device)
                 start = time.perf_counter()
                 fn()
@@ -287,17 +358,22 @@ def run_group(candidates: List[Candidate], device: str = "cpu", repeats: int = 1
         b = built[cand.name]
         row = {"model": cand.name, "params_M": b.params / 1e6,
                "gflops": None if b.flops is None else b.flops / 1e9,
-               "train_step_s": statistics.median(times[cand.name]["train"]),
+               "train_step_s": (statistics.median(times[cand.name]["train"])
+                                if b.train_step is not None else None),
                "infer_s": statistics.median(times[cand.name]["infer"])}
         rows.append(row)
     ref = next(r for r in rows if r["model"] == reference)
     for row in rows:
-        row["train_ratio"] = row["train_step_s"] / ref["train_step_s"]
+        row["train_ratio"] = (row["train_step_s"] / ref["train_step_s"]
+                              if row["train_step_s"] and ref["train_step_s"] else None)
         row["infer_ratio"] = row["infer_s"] / ref["infer_s"]
         row["reference"] = reference
+    trains = {name for name, b in built.items() if b.train_step is not None}
     del built
     if memory:
         for cand, row in zip(candidates, rows):
+            if cand.name not in trains:
+                continue
             progress(f"peak memory of {cand.name}")
             row["peak_train_mem_MiB"] = peak_train_memory_mib(cand, device)
     return rows
@@ -310,7 +386,7 @@ def markdown_table(rows: List[dict]) -> str:
             ("train_ratio", "train ratio", "{:.2f}x"), ("infer_s", "inference (s)", "{:.4f}"),
             ("infer_ratio", "inference ratio", "{:.2f}x"),
             ("peak_train_mem_MiB", "peak train mem (MiB)", "{:.0f}")]
-    cols = [c for c in cols if any(c[0] in r for r in rows)]
+    cols = [c for c in cols if any(r.get(c[0]) is not None for r in rows)]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |",
              "|" + "---|" * len(cols)]
     for r in rows:

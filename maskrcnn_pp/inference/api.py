@@ -61,7 +61,7 @@ def load_predictor(config: Union[str, os.PathLike, CfgNode], weights: Optional[s
             raise UserError(f"{config} is an exported model: give it alone, without weights")
         from .export import load_exported_model
 
-        exported = load_exported_model(Path(config))
+        exported = load_exported_model(Path(config), score_thresh=score_thresh)
         return predictor_from_model_fn(exported.cfg, exported.model_fn, **options)
     cfg = config.clone() if isinstance(config, CfgNode) else load_config(str(config), opts)
     if not weights:

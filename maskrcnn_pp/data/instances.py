@@ -47,7 +47,6 @@ logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 MASK_SUFFIX = "_masks"
-_TIFF = (".tif", ".tiff")
 
 
 def convert_instances(src: PathLike, out: PathLike, val_fraction: float = 0.1, seed: int = 0,
@@ -124,20 +123,11 @@ def _label_images_by_stem(mask_dir: Path) -> dict[str, list[Path]]:
 
 
 def _read(path: Path, kind: str) -> np.ndarray:
-    """Pixels at their depth, colour in RGB(A) order; TIFFs through tifffile, which keeps
-    32-bit and float data."""
-    if path.suffix.lower() not in _TIFF:
-        try:
-            pixels = decode_image_file(path)
-        except UnreadableImageError as err:
-            raise SampleProblem(path, kind, err.reason) from None
-        channels = pixels.shape[2] if pixels.ndim == 3 else 1
-        to_rgb = {3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGBA}.get(channels)
-        return pixels if to_rgb is None else cv2.cvtColor(pixels, to_rgb)
+    """Pixels at their depth (32-bit and float TIFFs included), colour in RGB(A) order."""
     try:
-        return tifffile.imread(path)
-    except Exception as err:  # tifffile raises many types for damaged files
-        raise SampleProblem(path, kind, f"cannot be read as TIFF ({err})") from None
+        return decode_image_file(path)
+    except UnreadableImageError as err:
+        raise SampleProblem(path, kind, err.reason) from None
 
 
 def read_label_image(path: Path) -> np.ndarray:

@@ -14,6 +14,7 @@ from maskrcnn_pp.compat import detectron2_export
 from maskrcnn_pp.data.synthetic import SyntheticNucleiSpec, render_image
 from maskrcnn_pp.engine.checkpoint import SafeCheckpointer
 from maskrcnn_pp.engine.trainer import load_config
+from maskrcnn_pp.inference import load_predictor
 from maskrcnn_pp.inference.export import (
     _pruned,
     export_model,
@@ -110,6 +111,18 @@ def test_exported_mask_rcnn_pp_predicts_like_eager(pp_model, pp_exported, fmt):
     eager = DetectronModelRunner(model, cfg)
     for tile in (nuclei_tile(128, 1), nuclei_tile(96, 2, width=80)):  # trace size and smaller
         assert_same_instances(eager(tile), exported.model_fn(tile))
+
+
+def test_load_predictor_on_an_exported_file_labels_a_tiled_image_like_eager(pp_model,
+                                                                          pp_exported):
+    _, cfg, weights = pp_model
+    image = nuclei_tile(200, 3)  # larger than the 128 px tile: three seams to merge
+    options = dict(score_thresh=0.54, tile_size=128, tile_overlap=48)
+    eager = load_predictor(cfg, weights, **options)(image)
+    exported = load_predictor(str(pp_exported("torchscript")), **options)(image)
+    assert len(eager.scores) > 0
+    assert np.array_equal(exported.label_image, eager.label_image)
+    np.testing.assert_allclose(exported.scores, eager.scores, atol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +238,7 @@ def test_bad_requests_are_one_line_exit_2_before_any_work(pp_model, tmp_path, ca
         (["--format", "caffe2", "--weights", weights], "unknown export format 'caffe2'"),
         (["--format", "onnx", "--weights", tmp_path / "none.pth"], "none.pth does not exist"),
         (["--format", "onnx", "--weights", weights, "--output", blocker / "sub"],
-         "cannot be written"),
+         "cannot be created or written"),
         (["--format", "onnx", "--weights", weights, "--levels", "1"],
          "--levels applies to semantic networks"),
     ]

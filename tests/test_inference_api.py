@@ -139,8 +139,8 @@ def test_semantic_3d_model_predicts_a_volume_larger_than_its_patch(weights):
 def test_exported_model_file_builds_the_same_kind_of_predictor(monkeypatch):
     loaded = []
 
-    def load_exported_model(path):
-        loaded.append(path)
+    def load_exported_model(path, score_thresh=None):
+        loaded.append((str(path), score_thresh))
         kind = "2d" if "semantic" in str(path) else "pp"
         return types.SimpleNamespace(cfg=load_config(QUICK[kind]), model_fn=lambda x: x)
 
@@ -152,8 +152,9 @@ def test_exported_model_file_builds_the_same_kind_of_predictor(monkeypatch):
     assert semantic.tile_size == 48 and semantic.network_size == 32
     instance = load_predictor("out/pp/model.onnx", score_thresh=0.7)
     assert isinstance(instance, InstancePredictor) and instance.score_thresh == 0.7
-    assert instance.tile_size == 128 and [str(p) for p in loaded] == [
-        "out/semantic/model.ts", "out/pp/model.onnx"]
+    # the requested threshold reaches the exported graph, traced with threshold 0
+    assert instance.tile_size == 128 and loaded == [
+        ("out/semantic/model.ts", 0.5), ("out/pp/model.onnx", 0.7)]
     with pytest.raises(UserError, match="exported model: give it alone"):
         load_predictor("out/pp/model.ts", "weights.pth")
 

@@ -42,7 +42,10 @@ def test_sigkill_then_resume_continues_from_last_complete_checkpoint(tmp_path):
     proc = subprocess.Popen(_train_cmd(out, 400), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (out / "model_0000005.pth").exists():  # two periodic checkpoints written
+    tag = out / "last_checkpoint"
+    # two periodic checkpoints written and tagged (a checkpoint written but not yet tagged
+    # when the kill lands is rightly not resumed from)
+    while not (tag.exists() and tag.read_text().strip() >= "model_0000005.pth"):
         assert proc.poll() is None and time.time() < deadline, "training ended or hung"
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)

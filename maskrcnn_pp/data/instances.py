@@ -128,12 +128,9 @@ def _read(path: Path, kind: str) -> np.ndarray:
     32-bit and float data."""
     if path.suffix.lower() not in _TIFF:
         try:
-            pixels = decode_image_file(path)
+            return decode_image_file(path)  # already RGB(A): converting again swaps R and B
         except UnreadableImageError as err:
             raise SampleProblem(path, kind, err.reason) from None
-        channels = pixels.shape[2] if pixels.ndim == 3 else 1
-        to_rgb = {3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGBA}.get(channels)
-        return pixels if to_rgb is None else cv2.cvtColor(pixels, to_rgb)
     try:
         return tifffile.imread(path)
     except Exception as err:  # tifffile raises many types for damaged files

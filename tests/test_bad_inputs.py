@@ -421,6 +421,8 @@ CASES = [
          "tile overlap in [0, tile size), got tile size 64, overlap 64", NO_PREDICTIONS),
     Case(PRED, "predict_score_thresh_nan", _predict("--score-thresh", "nan"),
          "--score-thresh must be a finite number, got nan", NO_PREDICTIONS),
+    Case(PRED, "predict_group_norm_width", _predict("MODEL.UNETPP.WIDTH", "100"),
+         "MODEL.UNETPP.WIDTH = 100 is not a multiple of 32", NO_PREDICTIONS),
     Case(PRED, "predict_page_out_of_range",
          _predict("--page", "5", inputs=lambda f, w: [f.multipage]),
          "pages.tif: has no page 5: it holds 2", NO_PREDICTIONS, noisy=True),

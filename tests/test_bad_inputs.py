@@ -95,10 +95,9 @@ def _vis(pred: str, gt: str = "gt", *extra) -> Callable:
 
 
 def _train(*opts, config=QUICK_PP, flags=(), weights=None) -> Callable:
-    """train_net arguments; ``weights`` names a fixture weights file for a ``None`` in
-    ``opts``."""
+    """train_net arguments; ``weights`` names a fixture weights file for MODEL.WEIGHTS."""
     return lambda f, w: ["--config-file", config(f) if callable(config) else config, *flags,
-                         *(f.weights[weights] if o is None else o for o in opts),
+                         *opts, *(("MODEL.WEIGHTS", f.weights[weights]) if weights else ()),
                          "OUTPUT_DIR", w / "out"]
 
 
@@ -310,13 +309,13 @@ CASES = [
          lambda f, w: ["--config-file", QUICK_PP, "--eval-only", "MODEL.WEIGHTS",
                        f.weights["not_dict_pth"], "OUTPUT_DIR", w / "out"],
          "not_dict.pth: its 'model' entry is a list, not a dict of weights", NO_MODEL),
-    Case(T, "weights_of_another_architecture", _train("MODEL.WEIGHTS", None, weights="vgg_pth"),
+    Case(T, "weights_of_another_architecture", _train(weights="vgg_pth"),
          "vgg.pth matches none of the", NO_MODEL),
-    Case(T, "weights_pkl_truncated", _train("MODEL.WEIGHTS", None, weights="truncated_pkl"),
+    Case(T, "weights_pkl_truncated", _train(weights="truncated_pkl"),
          "truncated.pkl is truncated or not a pickle", NO_MODEL),
-    Case(T, "weights_pkl_runs_code", _train("MODEL.WEIGHTS", None, weights="system_pkl"),
+    Case(T, "weights_pkl_runs_code", _train(weights="system_pkl"),
          lambda f, w: f"refusing to load {f.weights['system_pkl']}", NO_MODEL),
-    Case(T, "weights_pth_runs_code", _train("MODEL.WEIGHTS", None, weights="system_pth"),
+    Case(T, "weights_pth_runs_code", _train(weights="system_pth"),
          lambda f, w: f"refusing to load {f.weights['system_pth']}", NO_MODEL),
     Case(T, "resume_after_architecture_change",
          lambda f, w: ["--config-file", QUICK_PP, "--resume", *TINY, "SOLVER.MAX_ITER", "3",

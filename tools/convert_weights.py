@@ -7,6 +7,7 @@
 Torchvision and timm ResNets (also in ``state_dict`` / ``model`` wrappers, with ``module.``
 prefixes) are renamed to Detectron2's ResNet, without the classifier; a NumPy-only .pkl
 (Detectron2's model zoo) keeps its names and its flag for Detectron2's name matching.
+Any other network (no ResNet trunk names) is refused.
 MODEL.WEIGHTS loads the output with ``torch.load(weights_only=True)``; it loads the input
 files directly too, so converting only saves the renaming at every start.
 """

@@ -17,6 +17,7 @@ import sys
 
 from maskrcnn_pp.data.instances import convert_instances
 from maskrcnn_pp.utils.errors import exit_on_user_error
+from maskrcnn_pp.utils.io import check_output_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    check_output_dir(args.out, "OUT")
     report = convert_instances(args.src, args.out, val_fraction=args.val_fraction,
                                seed=args.seed, strict=args.strict)
     print(f"{report.images_converted} of {report.images_found} images, "

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import queue
 import re
 import runpy
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,8 +31,10 @@ from types import SimpleNamespace
 from typing import Callable, Union
 
 import cv2
+import nibabel as nib
 import numpy as np
 import pytest
+import tifffile
 import torch
 from pycocotools import mask as mask_util
 
@@ -38,6 +42,7 @@ from tests.conftest import ROOT
 
 QUICK_PP = ROOT / "configs" / "quick_schedules" / "mask_rcnn_pp_synthetic.yaml"
 SEMANTIC_2D = ROOT / "configs" / "quick_schedules" / "semantic_2d_quick.yaml"
+BASELINE = ROOT / "configs" / "quick_schedules" / "mask_rcnn_baseline_synthetic.yaml"
 TINY = ["SOLVER.IMS_PER_BATCH", "1", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN",
         "64", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64", "DATASETS.TEST", "()",
         "SOLVER.WARMUP_ITERS", "0"]
@@ -74,8 +79,9 @@ def _text(value: Text, f: SimpleNamespace, w: Path) -> str:
 
 E, V, C, P, B, T = ("tools/eval_nuclei.py", "tools/visualize.py", "tools/compare_runs.py",
                     "tools/prune_report.py", "tools/benchmark.py", "tools/train_net.py")
-DSB, PATCHES, POLYP, LIVER, NODULE = (f"datasets/prepare_{n}.py" for n in (
-    "dsb2018", "nuclei_patches", "polyp", "liver", "nodule"))
+DSB, PATCHES, POLYP, LIVER, NODULE, INST = (f"datasets/prepare_{n}.py" for n in (
+    "dsb2018", "nuclei_patches", "polyp", "liver", "nodule", "instances"))
+PRED, CONVERT = "tools/predict.py", "tools/convert_weights.py"
 
 
 def _eval(pred: str, gt: str = "gt", *extra) -> Callable:
@@ -88,14 +94,33 @@ def _vis(pred: str, gt: str = "gt", *extra) -> Callable:
                          "--output", w / "vis", *extra]
 
 
-def _train(*opts, config=QUICK_PP, flags=()) -> Callable:
+def _train(*opts, config=QUICK_PP, flags=(), weights=None) -> Callable:
+    """train_net arguments; ``weights`` names a fixture weights file for MODEL.WEIGHTS."""
     return lambda f, w: ["--config-file", config(f) if callable(config) else config, *flags,
-                         *opts, "OUTPUT_DIR", w / "out"]
+                         *opts, *(("MODEL.WEIGHTS", f.weights[weights]) if weights else ()),
+                         "OUTPUT_DIR", w / "out"]
 
 
 NO_METRICS = ("m.json",)
 NO_PICTURES = ("vis/*.png",)
 NO_MODEL = ("out/model_*.pth", "out/last_checkpoint", "out/inference/*")
+NO_PREDICTIONS = ("p/*",)
+
+
+def _predict(*extra, weights="pp", inputs=lambda f, w: [f.images / "1.png"]) -> Callable:
+    return lambda f, w: ["--config-file", QUICK_PP, "--weights", f.weights[weights],
+                         *inputs(f, w), "--output", w / "p", *extra]
+
+
+def _empty_folder(w: Path) -> Path:
+    (w / "empty").mkdir()
+    return w / "empty"
+
+
+def _resumable_run(f: SimpleNamespace, w: Path) -> Path:
+    """OUTPUT_DIR holding a baseline run's checkpoint (with optimizer state) and its tag."""
+    shutil.copytree(f.baseline_run, w / "out")
+    return w / "out"
 
 CASES = [
     # ---- eval_nuclei: COCO results
@@ -280,7 +305,29 @@ CASES = [
     Case(T, "divergence_named_without_checkpoint",
          _train(*TINY, "SOLVER.BASE_LR", "1e6", "SOLVER.MAX_ITER", "20"),
          "no checkpoint was written", NO_MODEL, timeout=240),
-    # ---- prepare scripts
+    Case(T, "weights_model_not_a_dict",
+         lambda f, w: ["--config-file", QUICK_PP, "--eval-only", "MODEL.WEIGHTS",
+                       f.weights["not_dict_pth"], "OUTPUT_DIR", w / "out"],
+         "not_dict.pth: its 'model' entry is a list, not a dict of weights", NO_MODEL),
+    Case(T, "weights_of_another_architecture", _train(weights="vgg_pth"),
+         "vgg.pth matches none of the", NO_MODEL),
+    Case(T, "weights_pkl_truncated", _train(weights="truncated_pkl"),
+         "truncated.pkl is truncated or not a pickle", NO_MODEL),
+    Case(T, "weights_pkl_runs_code", _train(weights="system_pkl"),
+         lambda f, w: f"refusing to load {f.weights['system_pkl']}", NO_MODEL),
+    Case(T, "weights_pth_runs_code", _train(weights="system_pth"),
+         lambda f, w: f"refusing to load {f.weights['system_pth']}", NO_MODEL),
+    Case(T, "resume_after_architecture_change",
+         lambda f, w: ["--config-file", QUICK_PP, "--resume", *TINY, "SOLVER.MAX_ITER", "3",
+                       "OUTPUT_DIR", _resumable_run(f, w)],
+         "model_0000001.pth does not fit the model",
+         ("out/model_final.pth", "out/model_0000002.pth", "out/inference/*")),
+    Case(T, "config_allows_unsafe_pickle", _train(config=lambda f: f.configs["unsafe"]),
+         "unsafe.yaml: MODEL.ALLOW_UNSAFE_PICKLE cannot be set", NO_MODEL),
+    Case(T, "override_allows_unsafe_pickle", _train("MODEL.ALLOW_UNSAFE_PICKLE", "True"),
+         "MODEL.ALLOW_UNSAFE_PICKLE cannot be set", NO_MODEL),
+    Case(T, "pixel_mean_for_gray_input", _train("INPUT.FORMAT", "L"),
+         "MODEL.PIXEL_MEAN has 3 value(s)", NO_MODEL),
     Case(DSB, "dsb_out_is_a_file", lambda f, w: [f.dsb_src, f.file],
          lambda f, w: f"OUT {f.file}: cannot be created", fresh=True),
     Case(DSB, "dsb_strict_leaves_no_stale_annotations",
@@ -314,6 +361,82 @@ CASES = [
     Case(NODULE, "nodule_source_without_images",
          lambda f, w: ["--source", f.folder, "--output", w / "d"], "expected the folders",
          ("d/nodule/*",)),
+    Case(INST, "instances_source_missing", lambda f, w: [w / "nowhere", w / "out"],
+         "nowhere does not exist", ("out/annotations/*",), fresh=True),
+    Case(INST, "instances_source_without_masks", lambda f, w: [f.folder, w / "out"],
+         "no images/ folder beside a masks/ folder", ("out/annotations/*",)),
+    Case(INST, "instances_strict_size_mismatch",
+         lambda f, w: [f.label_src, _stale_out(w), "--strict"],
+         "1 problem(s) in", ("out/annotations/*.json",), noisy=True),
+    Case(INST, "instances_out_is_a_file", lambda f, w: [f.label_src, f.file],
+         lambda f, w: f"OUT {f.file}: cannot be created"),
+    Case(INST, "instances_out_read_only", lambda f, w: [f.label_src, f.read_only / "o"],
+         lambda f, w: f"OUT {f.read_only / 'o'}: cannot be created"),
+    Case(INST, "instances_val_fraction",
+         lambda f, w: [f.label_src, w / "out", "--val-fraction", "-0.1"],
+         "--val-fraction must be in [0, 1)", ("out/annotations/*",)),
+    # ---- convert_weights
+    Case(CONVERT, "convert_input_missing", lambda f, w: [w / "none.pth", w / "o.pth"],
+         "none.pth does not exist", ("o.pth",), fresh=True),
+    Case(CONVERT, "convert_not_a_resnet", lambda f, w: [f.weights["vgg_pth"], w / "o.pth"],
+         "vgg.pth: holds no ResNet weights", ("o.pth",)),
+    Case(CONVERT, "convert_runs_code", lambda f, w: [f.weights["system_pkl"], w / "o.pth"],
+         lambda f, w: f"refusing to load {f.weights['system_pkl']}", ("o.pth",)),
+    Case(CONVERT, "convert_output_read_only",
+         lambda f, w: [f.weights["resnet_pth"], f.read_only / "o.pth"],
+         lambda f, w: f"output {f.read_only}: cannot be created"),
+    Case(CONVERT, "convert_output_under_a_file",
+         lambda f, w: [f.weights["resnet_pth"], f.file / "o.pth"],
+         lambda f, w: f"output {f.file}: cannot be created"),
+    # ---- predict
+    Case(PRED, "predict_output_is_a_file",
+         lambda f, w: ["--config-file", QUICK_PP, "--weights", f.weights["pp"],
+                       f.images / "1.png", "--output", f.file],
+         lambda f, w: f"--output {f.file}: cannot be created", fresh=True),
+    Case(PRED, "predict_output_read_only",
+         lambda f, w: ["--config-file", QUICK_PP, "--weights", f.weights["pp"],
+                       f.images / "1.png", "--output", f.read_only / "p"],
+         lambda f, w: f"--output {f.read_only / 'p'}: cannot be created"),
+    Case(PRED, "predict_config_missing",
+         lambda f, w: ["--config-file", f.folder / "none.yaml", "--weights", f.weights["pp"],
+                       f.images / "1.png", "--output", w / "p"],
+         "none.yaml does not exist", NO_PREDICTIONS),
+    Case(PRED, "predict_baseline_weights_into_pp", _predict(weights="baseline"),
+         "model_0000001.pth does not fit the model", NO_PREDICTIONS),
+    Case(PRED, "predict_semantic_weights_into_detector", _predict(weights="semantic"),
+         "semantic.pth matches none of the", NO_PREDICTIONS),
+    Case(PRED, "predict_weights_missing",
+         lambda f, w: ["--config-file", QUICK_PP, "--weights", w / "none.pth",
+                       f.images / "1.png", "--output", w / "p"],
+         "none.pth does not exist", NO_PREDICTIONS),
+    Case(PRED, "predict_weights_truncated", _predict(weights="truncated_pth"),
+         "truncated.pth is truncated", NO_PREDICTIONS),
+    Case(PRED, "predict_weights_run_code", _predict(weights="system_pth"),
+         lambda f, w: f"refusing to load {f.weights['system_pth']}: it does not load with "
+                      f"torch.load(weights_only=True) (Trying to load unsupported GLOBAL "
+                      f"{os.system.__module__}.system", NO_PREDICTIONS),
+    Case(PRED, "predict_tile_overlap_too_large",
+         _predict("--tile-size", "64", "--tile-overlap", "64"),
+         "tile overlap in [0, tile size), got tile size 64, overlap 64", NO_PREDICTIONS),
+    Case(PRED, "predict_score_thresh_nan", _predict("--score-thresh", "nan"),
+         "--score-thresh must be a finite number, got nan", NO_PREDICTIONS),
+    Case(PRED, "predict_group_norm_width", _predict("MODEL.UNETPP.WIDTH", "100"),
+         "MODEL.UNETPP.WIDTH = 100 is not a multiple of 32", NO_PREDICTIONS),
+    Case(PRED, "predict_page_out_of_range",
+         _predict("--page", "5", inputs=lambda f, w: [f.multipage]),
+         "pages.tif: has no page 5: it holds 2", NO_PREDICTIONS, noisy=True),
+    Case(PRED, "predict_multipage_without_page", _predict(inputs=lambda f, w: [f.multipage]),
+         "pages.tif", NO_PREDICTIONS, noisy=True),
+    Case(PRED, "predict_no_input", _predict(inputs=lambda f, w: []), "no INPUT",
+         NO_PREDICTIONS),
+    Case(PRED, "predict_folder_without_images",
+         _predict(inputs=lambda f, w: [_empty_folder(w)]), "empty holds no", NO_PREDICTIONS),
+    Case(PRED, "predict_volume_into_2d_model", _predict(inputs=lambda f, w: [f.volume]),
+         "volume.nii.gz: a NIfTI volume needs a 3D semantic model", NO_PREDICTIONS,
+         noisy=True),
+    Case(PRED, "predict_all_inputs_unreadable",
+         _predict(inputs=lambda f, w: [f.unreadable, f.empty_image]),
+         "none of the 2 inputs could be read", NO_PREDICTIONS, noisy=True),
 ]
 
 
@@ -443,7 +566,71 @@ def _write_inputs(root: Path) -> SimpleNamespace:
     _write_dsb_source(f.dsb_src)
     f.datasets = root / "datasets"
     _write_registered_sets(f.datasets)
+    f.configs["unsafe"] = configs / "unsafe.yaml"
+    f.configs["unsafe"].write_text(f"_BASE_: {QUICK_PP}\nMODEL:\n  ALLOW_UNSAFE_PICKLE: True\n")
+    f.weights, f.baseline_run = _write_weights(root / "weights")
+    f.label_src = root / "label_src"
+    _write_label_source(f.label_src)
+    f.multipage = root / "pages.tif"
+    tifffile.imwrite(f.multipage, np.zeros((2, *SHAPE), np.uint8))
+    f.volume = root / "volume.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.eye(4)), f.volume)
+    f.unreadable = root / "unreadable.png"
+    f.unreadable.write_bytes(_png(np.zeros(SHAPE, np.uint8))[:30])
+    f.empty_image = root / "empty.tif"
+    f.empty_image.write_bytes(b"")
     return f
+
+
+def _write_weights(folder: Path) -> tuple[dict[str, Path], Path]:
+    """Weights files by name: untrained models of three configs, saved as training saves
+    them, and files that are wrong in each way a weights file can be; and the baseline's
+    run folder (checkpoint with optimizer state, ``last_checkpoint``)."""
+    from detectron2.modeling import build_model
+
+    from maskrcnn_pp.engine.checkpoint import SafeCheckpointer
+    from maskrcnn_pp.engine.trainer import load_config
+
+    folder.mkdir()
+    torch.manual_seed(0)
+    run = folder / "baseline_run"
+    baseline = build_model(load_config(str(BASELINE)))
+    SafeCheckpointer(baseline, str(run), optimizer=torch.optim.SGD(
+        baseline.parameters(), lr=0.1)).save("model_0000001")
+    files = {"baseline": run / "model_0000001.pth"}
+    for name, config in (("pp", QUICK_PP), ("semantic", SEMANTIC_2D)):
+        SafeCheckpointer(build_model(load_config(str(config))), str(folder)).save(name)
+        files[name] = folder / f"{name}.pth"
+    resnet = {k: v for k, v in baseline.state_dict().items() if ".bottom_up." in k}
+    contents = {
+        "truncated_pth": files["pp"].read_bytes()[:5000],
+        "not_dict_pth": {"model": [1, 2, 3]},
+        "vgg_pth": {"features.0.weight": torch.zeros(8, 3, 3, 3),
+                    "classifier.0.weight": torch.zeros(10, 8)},
+        "resnet_pth": {"model": {k.split(".bottom_up.")[1]: v for k, v in resnet.items()}},
+        "system_pth": {"model": {"w": torch.ones(1)}, "hook": os.system},
+        "system_pkl": pickle.dumps({"w": np.ones(2), "hook": os.system}, protocol=2),
+        "truncated_pkl": pickle.dumps({"w": np.ones((8, 8))}, protocol=2)[:60],
+    }
+    for key, content in contents.items():
+        name, suffix = key.rsplit("_", 1)
+        path = files[key] = folder / f"{name}.{suffix}"
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            torch.save(content, path)   # a reference to os.system, never a call
+    return files, run
+
+
+def _write_label_source(src: Path) -> None:
+    """Instance label images: a good pair, and an image whose label image is smaller."""
+    (src / "images").mkdir(parents=True)
+    (src / "masks").mkdir()
+    labels = np.zeros((16, 16), np.uint16)
+    labels[2:6, 2:6], labels[9:14, 8:12] = 1, 2
+    for name, shape in (("good", (16, 16)), ("small", (8, 8))):
+        (src / "images" / f"{name}.png").write_bytes(_png(np.full((16, 16), 90, np.uint8)))
+        (src / "masks" / f"{name}.png").write_bytes(_png(labels[:shape[0], :shape[1]]))
 
 
 def _read_only_folder(root: Path) -> Path:
@@ -679,7 +866,8 @@ def test_the_table_covers_every_tool_and_the_issue():
     assert len(CASES) >= 60
     assert len({case.id for case in CASES}) == len(CASES)
     tools = {case.tool for case in CASES}
-    assert tools == {E, V, C, P, B, T, DSB, PATCHES, POLYP, LIVER, NODULE}
+    assert tools == {E, V, C, P, B, T, DSB, PATCHES, POLYP, LIVER, NODULE, INST,
+                     PRED, CONVERT}
     assert {case.tool for case in CASES if case.fresh} == tools
 
 

@@ -260,8 +260,8 @@ def test_cli_bad_output_folder_and_model_arguments_are_one_line_exit_2(tmp_path,
     (tmp_path / "file").write_text("")
     code, _, err = predict(capsys, "--config-file", QUICK["2d"], "--weights", weights["2d"],
                            image, "--output", tmp_path / "file" / "out")
-    assert code == 2 and err.strip() == (f"error: output folder {tmp_path / 'file' / 'out'} "
-                                         "cannot be written (Not a directory)")
+    assert code == 2 and err.strip() == (f"error: --output {tmp_path / 'file' / 'out'}: "
+                                         "cannot be created or written (Not a directory)")
     code, _, err = predict(capsys, "--exported", "model.ts", "--weights", weights["2d"],
                            image, "--output", tmp_path / "o")
     assert code == 2 and "--exported alone" in err

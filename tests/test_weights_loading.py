@@ -20,6 +20,8 @@ from maskrcnn_pp.engine.checkpoint import (
     MismatchedCheckpointError,
     SafeCheckpointer,
     UnsafeCheckpointError,
+    convert_to_detectron2_resnet,
+    is_resnet_state,
     load_inference_weights,
 )
 from maskrcnn_pp.engine.trainer import Trainer, load_config
@@ -289,6 +291,17 @@ def test_convert_weights_writes_a_weights_only_checkpoint_once(tmp_path, capsys)
     assert run_script_main(CONVERT, capsys, tmp_path / "R-50.pkl", tmp_path / "msra.pth")[0] == 0
     msra = torch.load(tmp_path / "msra.pth", weights_only=True)["model"]
     assert all(torch.equal(msra[k], torch.from_numpy(v)) for k, v in arrays.items())
+
+
+def test_convert_weights_knows_resnets_by_every_naming_it_reads():
+    """torchvision (renamed first), Detectron2 and Caffe2 (model zoo .pkl) names; not VGG."""
+    tv = convert_to_detectron2_resnet(_random_torchvision_resnet(18).state_dict())
+    assert is_resnet_state(tv)
+    assert is_resnet_state({"res2.0.conv1.weight": 0})
+    assert is_resnet_state({"conv1_w": 0, "res_conv1_bn_s": 0})
+    assert is_resnet_state({"res2_0_branch2a_w": 0})
+    assert not is_resnet_state({"features.0.weight": 0, "classifier.0.weight": 0})
+    assert not is_resnet_state({"backbone.bottom_up.res2.0.conv1.weight": 0})
 
 
 class _RunsCommand:

@@ -7,6 +7,7 @@
 Torchvision and timm ResNets (also in ``state_dict`` / ``model`` wrappers, with ``module.``
 prefixes) are renamed to Detectron2's ResNet, without the classifier; a NumPy-only .pkl
 (Detectron2's model zoo) keeps its names and its flag for Detectron2's name matching.
+Any other network (no ResNet trunk names) is refused.
 MODEL.WEIGHTS loads the output with ``torch.load(weights_only=True)``; it loads the input
 files directly too, so converting only saves the renaming at every start.
 """
@@ -17,9 +18,13 @@ import sys
 
 import torch
 
-from maskrcnn_pp.engine.checkpoint import convert_to_detectron2_resnet, load_weights_file
+from maskrcnn_pp.engine.checkpoint import (
+    convert_to_detectron2_resnet,
+    is_resnet_state,
+    load_weights_file,
+)
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
-from maskrcnn_pp.utils.io import atomic_write_stream
+from maskrcnn_pp.utils.io import atomic_write_stream, check_output_file
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,8 +43,13 @@ def main(argv: list[str] | None = None) -> None:
     if not args.output.endswith(".pth"):
         raise UserError(f"output {args.output} must end in .pth (a .pkl would be read as a "
                         "pickle again)")
+    check_output_file(args.output, "output")
     checkpoint = load_weights_file(args.input, allow_unsafe_pickle=args.allow_unsafe_pickle)
     state = convert_to_detectron2_resnet(checkpoint["model"])
+    if not is_resnet_state(state):
+        raise UserError(f"{args.input}: holds no ResNet weights (no torchvision / timm "
+                        "layer1..4, Detectron2 stem / res2..5 or Caffe2 res2_... names); only "
+                        "ResNet trunks are converted")
     converted = {"model": {key: torch.as_tensor(value) for key, value in state.items()
                            if hasattr(value, "shape")},
                  "__author__": str(checkpoint.get("__author__", f"converted from {args.input}"))}

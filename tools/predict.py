@@ -33,13 +33,13 @@ from maskrcnn_pp.inference import EXPORTED_SUFFIXES, load_predictor
 from maskrcnn_pp.inference.batch import (
     LABEL_FORMATS,
     WriteOptions,
-    check_writable,
     find_inputs,
     image_ids_from_coco,
     predict_files,
     split_config_overrides,
 )
-from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
+from maskrcnn_pp.utils.errors import UserError, check_finite, exit_on_user_error
+from maskrcnn_pp.utils.io import check_output_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="model weights (.pth written by tools/train_net.py)")
     model.add_argument("--exported", metavar="FILE",
                        help="an exported model.ts / model.onnx (tools/export_model.py)")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
                         help="image files, NIfTI volumes or folders of them")
     parser.add_argument("--output", required=True, metavar="DIR")
     parser.add_argument("--score-thresh", type=float, default=0.5,
@@ -101,16 +101,18 @@ def main(argv: list[str] | None = None) -> None:
                         f"{' or '.join(EXPORTED_SUFFIXES)} file")
     if args.config_file and not args.weights:
         raise UserError("--weights is required with --config-file")
+    check_finite(args.score_thresh, "--score-thresh")
+    check_finite(args.threshold, "--threshold")
     inputs, opts = split_config_overrides(args.inputs, add_maskrcnn_pp_config(get_cfg()))
-    if not inputs:
-        raise UserError("no INPUT file or folder given before the config overrides")
+    if not inputs:  # INPUT is optional for argparse, so this is the one message for it
+        raise UserError("no INPUT file or folder given (before any config overrides)")
     if opts and args.exported:
         raise UserError("config overrides need --config-file, not --exported")
     options = WriteOptions(label_format=args.label_format, overlays=not args.no_overlays,
                            probabilities=args.probabilities, page=args.page,
                            channel=args.channel)
     images = find_inputs(inputs, (*IMAGE_EXTENSIONS, *NIFTI_SUFFIXES))
-    check_writable(args.output)
+    check_output_dir(args.output, "--output")
     image_ids = image_ids_from_coco(args.gt, images) if args.gt else None
     predictor = load_predictor(
         args.exported or args.config_file, args.weights, opts=opts, device=args.device,

@@ -49,6 +49,7 @@ from ..utils.io import atomic_write_stream, atomic_write_text
 __all__ = [
     "CorruptCheckpointError",
     "convert_to_detectron2_resnet",
+    "is_resnet_state",
     "load_inference_weights",
     "load_weights_file",
     "MismatchedCheckpointError",
@@ -157,10 +158,14 @@ def _is_complete_checkpoint(path: str) -> bool:
 
 def _unpickler_reason(err: pickle.UnpicklingError) -> str:
     """The one informative sentence of torch's long weights-only error."""
-    for line in str(err).splitlines():
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
         if "WeightsUnpickler error:" in line:
             return line.split("WeightsUnpickler error:", 1)[1].split(". ")[0].strip()
-    return str(err).splitlines()[0] if str(err) else "weights-only unpickling failed"
+    # newer torch: a paragraph about the changed default, the reason, a link to the docs
+    reasons = [line for line in lines
+               if not line.startswith(("Weights only load failed", "Check the documentation"))]
+    return (reasons or lines or ["weights-only unpickling failed"])[0].rstrip(".")
 
 
 # The globals a pickle of NumPy weights names: NumPy 1 and 2 spellings, Python 2 builtins.
@@ -257,6 +262,10 @@ def load_weights_file(filename: str, *, allow_unsafe_pickle: bool = False,
             f"checkpoint {filename} holds a {type(loaded).__name__}, not a dict of weights")
     if isinstance(loaded.get("model"), dict):
         return loaded
+    if "model" in loaded:
+        raise CorruptCheckpointError(
+            f"checkpoint {filename}: its 'model' entry is a {type(loaded['model']).__name__}, "
+            "not a dict of weights")
     if isinstance(loaded.get("state_dict"), dict):
         return {"model": loaded["state_dict"]}
     if is_pickle:
@@ -277,6 +286,7 @@ _RESNET_RENAMES = [
     (re.compile(r"^fc\.\w+$"), None),
 ]
 _BARE_RESNET_NAME = re.compile(r"^(stem|res\d)\.")
+_CAFFE2_RESNET_NAME = re.compile(r"^(conv1_w$|res\d_)")  # Detectron2's model zoo .pkl
 _STEM_WEIGHT = "stem.conv1.weight"
 
 
@@ -304,6 +314,12 @@ def convert_to_detectron2_resnet(state: dict[str, Any]) -> dict[str, Any]:
         if new_key is not None and not new_key.endswith("num_batches_tracked"):
             renamed[new_key] = value
     return renamed
+
+
+def is_resnet_state(state: dict[str, Any]) -> bool:
+    """Whether ``state`` (after :func:`convert_to_detectron2_resnet`) holds a ResNet trunk by
+    Detectron2 or Caffe2 names, so a converter can refuse any other network."""
+    return any(_BARE_RESNET_NAME.match(key) or _CAFFE2_RESNET_NAME.match(key) for key in state)
 
 
 def _trunk_prefix(model_keys) -> Optional[str]:

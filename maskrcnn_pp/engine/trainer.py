@@ -1,12 +1,13 @@
 """The Detectron2 trainer for every maskrcnn_pp model, and config set-up for the CLIs."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import warnings
 import weakref
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import torch
 import yaml
@@ -39,7 +40,8 @@ from .optim import build_optimizer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Trainer", "NonFiniteLossError", "is_semantic", "load_config", "setup"]
+__all__ = ["Trainer", "NonFiniteLossError", "group_norm_widths_named", "is_semantic",
+           "load_config", "setup"]
 
 
 class NonFiniteLossError(UserError):
@@ -184,16 +186,9 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
-        """Detectron2's; a GroupNorm width that its group count does not divide is named by
-        its config key (torch names neither key nor layer)."""
-        try:
+        """Detectron2's, with GroupNorm widths named (:func:`group_norm_widths_named`)."""
+        with group_norm_widths_named(cfg):
             return super().build_model(cfg)
-        except ValueError as err:
-            found = re.fullmatch(r"num_channels \((\d+)\) must be divisible by num_groups "
-                                 r"\((\d+)\)", str(err))
-            if found is None:
-                raise
-            raise UserError(_group_norm_problem(cfg, *map(int, found.groups()))) from None
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module):
@@ -251,6 +246,21 @@ _GROUP_NORM_WIDTHS = {
     "MODEL.ROI_BOX_HEAD.NORM": ("MODEL.ROI_BOX_HEAD.CONV_DIM",),
     "MODEL.ROI_MASK_HEAD.NORM": ("MODEL.ROI_MASK_HEAD.CONV_DIM",),
 }
+
+
+@contextlib.contextmanager
+def group_norm_widths_named(cfg: CfgNode) -> Iterator[None]:
+    """Around building ``cfg``'s model: a GroupNorm width that its group count does not
+    divide becomes a :class:`UserError` naming the config key (torch names neither key nor
+    layer)."""
+    try:
+        yield
+    except ValueError as err:
+        found = re.fullmatch(r"num_channels \((\d+)\) must be divisible by num_groups "
+                             r"\((\d+)\)", str(err))
+        if found is None:
+            raise
+        raise UserError(_group_norm_problem(cfg, *map(int, found.groups()))) from None
 
 
 def _group_norm_problem(cfg: CfgNode, channels: int, groups: int) -> str:

@@ -10,7 +10,7 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
 from ..engine.checkpoint import MissingCheckpointError, load_inference_weights
-from ..engine.trainer import is_semantic, load_config
+from ..engine.trainer import group_norm_widths_named, is_semantic, load_config
 from ..utils.errors import UserError
 from .instance import DetectronModelRunner, InstancePredictor
 from .semantic import SemanticModelRunner, SemanticPredictor
@@ -80,7 +80,8 @@ def load_predictor(config: Union[str, os.PathLike, CfgNode], weights: Optional[s
     cfg.MODEL.WEIGHTS = weights
     # The tiling is checked before the slow model build.
     predictor_from_model_fn(cfg, None, **options)
-    model = build_model(cfg)
+    with group_norm_widths_named(cfg):
+        model = build_model(cfg)
     _load_weights(model, weights, allow_unsafe_pickle)
     model_fn = (SemanticModelRunner(model) if is_semantic(cfg)
                 else DetectronModelRunner(model, cfg))

@@ -22,7 +22,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,12 +44,18 @@ from ..data.image_io import (
 from ..data.semantic import NIFTI_SUFFIXES, SemanticDataError, read_nifti
 from ..evaluation.nuclei import load_coco_ground_truth
 from ..utils.errors import UserError
-from ..utils.io import atomic_write_bytes, atomic_write_json, cut_json_lines, fsync_folder
+from ..utils.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_output_dir,
+    cut_json_lines,
+    fsync_folder,
+)
 from .overlay import draw_label_overlay
 
 __all__ = [
     "InputImage", "find_inputs", "split_config_overrides", "image_ids_from_coco",
-    "check_writable", "WriteOptions", "PredictionRun", "predict_files", "RESULTS_FILE",
+    "WriteOptions", "PredictionRun", "predict_files", "RESULTS_FILE",
     "IMAGES_INDEX_FILE", "PROGRESS_FILE",
 ]
 
@@ -151,19 +156,6 @@ def image_ids_from_coco(gt_json: PathLike, images: Sequence[InputImage]) -> dict
             raise UserError(f"{gt_json}: has no image named {name} (input {image.path})")
         ids[image.name] = by_name[name]
     return ids
-
-
-def check_writable(output_dir: PathLike) -> Path:
-    """Create ``output_dir`` and prove a file can be written there, or one clear error."""
-    output_dir = Path(output_dir)
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output_dir):
-            pass
-    except OSError as err:
-        raise UserError(f"output folder {output_dir} cannot be written "
-                        f"({err.strerror or err})") from None
-    return output_dir
 
 
 # --------------------------------------------------------------------------- writing
@@ -323,7 +315,7 @@ def predict_files(predictor, images: Sequence[InputImage], output_dir: PathLike,
     :class:`UserError` is raised and the merged JSON files are not written.
     """
     options = options or WriteOptions()
-    output_dir = check_writable(output_dir)
+    output_dir = check_output_dir(output_dir, "output folder")
     progress_file = output_dir / PROGRESS_FILE
     if not resume:
         progress_file.unlink(missing_ok=True)

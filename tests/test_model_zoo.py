@@ -1,6 +1,7 @@
 """Shipped configs are found by name, from a clone and from an installed wheel."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -45,10 +46,17 @@ def test_public_names():
 
 
 def test_wheel_ships_the_configs_inside_the_package(tmp_path):
+    source = tmp_path / "src"  # a copy, so the build leaves nothing in the checkout
+    source.mkdir()
+    for name in ("setup.py", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for name in ("maskrcnn_pp", "configs"):
+        shutil.copytree(REPO / name, source / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--disable-pip-version-check", "-w", str(tmp_path),
-                    str(REPO)], check=True, capture_output=True)
-    wheel, = tmp_path.glob("maskrcnn_pp-*.whl")
+                    "--no-build-isolation", "--disable-pip-version-check", "-w",
+                    str(tmp_path / "dist"), str(source)], check=True, capture_output=True)
+    wheel, = (tmp_path / "dist").glob("maskrcnn_pp-*.whl")
     shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".yaml")}
     expected = {f"maskrcnn_pp/configs/{n}" for n in list_config_files()}
     assert shipped == expected

@@ -10,6 +10,7 @@ are registered at import and read only when used.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..utils.errors import UserError
-from ..utils.io import atomic_write_bytes, atomic_write_json
+from ..utils.io import atomic_write_bytes, atomic_write_json, check_output_dir
 from .coco import (
     datasets_root,
     mask_to_annotation,
@@ -182,6 +183,32 @@ def write_conversion(samples: list[_Sample], report: ConversionReport, out: Path
                         f"annotations not written, see {out / 'report.json'}")
     for split, chosen in splits.items():
         atomic_write_json(out / "annotations" / f"instances_{split}.json", coco_dict(chosen))
+    return report
+
+
+def run_converter_cli(convert: Callable[..., ConversionReport], description: str,
+                      src_help: str, strict_help: str, argv: list[str] | None = None
+                      ) -> ConversionReport:
+    """The command line every instance converter shares (``datasets/prepare_dsb2018.py``,
+    ``datasets/prepare_instances.py``): SRC OUT [--val-fraction] [--seed] [--strict], the
+    output folder checked before any work, a one-line summary."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("src", help=src_help)
+    parser.add_argument("out", help="output folder, e.g. datasets/<name>")
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="share of images in the validation split, in [0, 1) (default 0.1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
+    parser.add_argument("--strict", action="store_true", help=strict_help)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    check_output_dir(args.out, "OUT")
+    report = convert(args.src, args.out, val_fraction=args.val_fraction, seed=args.seed,
+                     strict=args.strict)
+    overlaps = report.overlaps
+    print(f"{report.images_converted} of {report.images_found} images, "
+          f"{report.annotations} objects -> {args.out} (train {report.split_images['train']}, "
+          f"val {report.split_images['val']}); {len(report.problems)} problem(s)"
+          + (f", {len(overlaps)} image(s) with overlapping masks" if overlaps else ""))
     return report
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -12,12 +12,12 @@ from detectron2.data.datasets import load_coco_json
 from pycocotools import mask as mask_util
 
 from ..utils.errors import UserError
+from ..utils.io import PathLike
 from .validation import check_coco_ground_truth, read_json
 
 __all__ = ["datasets_root", "DatasetNotPreparedError", "mask_to_annotation",
            "register_coco_instances_lazy", "register_nuclei_coco"]
 
-PathLike = Union[str, os.PathLike]
 
 
 def datasets_root() -> Path:

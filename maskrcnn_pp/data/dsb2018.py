@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -24,7 +24,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..utils.errors import UserError
-from ..utils.io import atomic_write_bytes, atomic_write_json, check_output_dir
+from ..utils.io import PathLike, atomic_write_bytes, atomic_write_json, check_output_dir
 from .coco import (
     datasets_root,
     mask_to_annotation,
@@ -41,7 +41,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
 NUCLEUS_CATEGORY = {"id": 1, "name": "nucleus"}
 SPLITS = ("train", "val")
 MASK_SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -9,16 +9,16 @@ then gray, RGB or BGR as ``INPUT.FORMAT`` asks.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import cv2
 import numpy as np
 import tifffile
 
 from ..utils.errors import UserError
+from ..utils.io import PathLike
 
 __all__ = [
     "IMAGE_EXTENSIONS", "TIFF_EXTENSIONS", "UnreadableImageError", "Intensity",
@@ -26,7 +26,6 @@ __all__ = [
     "array_to_rgb8",
 ]
 
-PathLike = Union[str, os.PathLike]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 TIFF_EXTENSIONS = (".tif", ".tiff")
 INTENSITY_MODES = ("percentile", "minmax", "range")

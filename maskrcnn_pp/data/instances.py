@@ -18,7 +18,6 @@ import io
 import logging
 import os
 from pathlib import Path
-from typing import Union
 
 import cv2
 import numpy as np
@@ -27,7 +26,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..utils.errors import UserError
-from ..utils.io import atomic_write_bytes
+from ..utils.io import PathLike, atomic_write_bytes
 from .coco import datasets_root, mask_to_annotation, register_nuclei_coco
 from .dsb2018 import (
     NUCLEUS_CATEGORY,
@@ -45,7 +44,6 @@ __all__ = ["convert_instances", "read_label_image", "register_prepared_instances
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
 MASK_SUFFIX = "_masks"
 
 

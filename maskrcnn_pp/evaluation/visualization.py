@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Union
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ..data.image_io import UnreadableImageError, read_image_rgb
 from ..data.semantic import SemanticDatasetMapper
 from ..utils.errors import UserError
-from ..utils.io import atomic_write_bytes
+from ..utils.io import PathLike, atomic_write_bytes
 from .nuclei import (
     evaluate_coco_results,
     image_metrics,
@@ -50,7 +50,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
 # Beyond this many instances per panel, score labels would hide the nuclei they name.
 MAX_LABELED_INSTANCES = 30
 # Small images are enlarged so that the title (file name and five scores) fits above them.

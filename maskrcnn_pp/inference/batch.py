@@ -25,7 +25,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import cv2
 import nibabel as nib
@@ -45,6 +45,7 @@ from ..data.semantic import NIFTI_SUFFIXES, SemanticDataError, read_nifti
 from ..evaluation.nuclei import load_coco_ground_truth
 from ..utils.errors import UserError
 from ..utils.io import (
+    PathLike,
     atomic_write_bytes,
     atomic_write_json,
     check_output_dir,
@@ -61,7 +62,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
 RESULTS_FILE = "coco_instances_results.json"
 IMAGES_INDEX_FILE = "images.json"
 PROGRESS_FILE = "results.jsonl"

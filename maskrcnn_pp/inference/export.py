@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -52,13 +52,12 @@ from ..engine.checkpoint import MissingCheckpointError, load_inference_weights
 from ..modeling.semantic import NestedSegmentationNet
 from ..modeling.semantic_arch import SemanticUNetPP
 from ..utils.errors import UserError
-from ..utils.io import atomic_write_bytes, atomic_write_json, check_output_dir
+from ..utils.io import PathLike, atomic_write_bytes, atomic_write_json, check_output_dir
 from .instance import DetectronModelRunner
 
 __all__ = ["FORMATS", "ONNX_OPSET", "ExportedModel", "export_model", "load_exported_model",
            "sidecar_path"]
 
-PathLike = Union[str, os.PathLike]
 FORMATS = {"torchscript": ".ts", "onnx": ".onnx"}
 ONNX_OPSET = 17   # RoIAlign with aligned=True needs 16
 SIDECAR_VERSION = 1

@@ -301,14 +301,6 @@ class RunEval:
     counts: dict[str, np.ndarray] = field(default_factory=dict)   # per-image (I, P, T)
     coco: dict[str, Any] = field(default_factory=dict)            # iou type -> COCOeval
 
-    def metric_names(self) -> list[str]:
-        if self.kind == "instance":
-            return [*COCO_METRICS, *(m for m in MAIN_METRICS if m in self.values)]
-        names = []
-        for score in ("IoU", "Dice"):
-            names += [score if mode == HEADLINE else f"{score}_{mode}" for mode in self.counts]
-        return names
-
     def scores(self, positions: np.ndarray, with_coco: bool = True) -> dict[str, float]:
         """Every metric on the images at ``positions`` (repeats allowed)."""
         out: dict[str, float] = {}

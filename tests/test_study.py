@@ -168,6 +168,25 @@ def test_semantic_scores_pool_pixels_and_refuse_other_images():
         summarize({"a": {0: run}, "b": {0: other}}, ["a", "b"])
 
 
+def test_semantic_evaluator_keeps_the_counts_of_every_image():
+    from maskrcnn_pp.evaluation.semantic import SemanticEvaluator
+
+    evaluator = SemanticEvaluator("unused", distributed=False)
+    truth = torch.zeros(4, 4, dtype=torch.long)
+    truth[:2] = 1                                   # 8 true pixels
+    probs = torch.zeros(1, 4, 4)
+    probs[0, :1] = 0.9                              # 4 predicted, all true
+    empty = torch.zeros(1, 4, 4)
+    evaluator.process([{"sem_seg": truth, "file_name": "a_0_0.png"},
+                       {"sem_seg": truth, "file_name": "a_0_96.png"}],
+                      [{"sem_seg": probs}, {"sem_seg": empty}])
+    assert evaluator.per_image == {"output": [("a_0_0.png", 4, 4, 8), ("a_0_96.png", 0, 0, 8)]}
+    run = RunEval("semantic", keys=["a_0_0.png", "a_0_96.png"],
+                  file_names=["a_0_0.png", "a_0_96.png"],
+                  counts={"output": np.array([r[1:] for r in evaluator.per_image["output"]])})
+    assert run.scores(np.arange(2)) == pytest.approx(evaluator.evaluate()["sem_seg"])
+
+
 # --------------------------------------------------------------------------- end to end
 
 TINY = {"SOLVER.MAX_ITER": 10, "SOLVER.CHECKPOINT_PERIOD": 2, "SOLVER.IMS_PER_BATCH": 1,

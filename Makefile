@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: setup test demo lint clean
+.PHONY: setup test demo lint clean gpu-check
 
 setup: $(VENV)/.installed
 
@@ -36,6 +36,16 @@ demo: setup
 
 lint: setup
 	$(PY) -m ruff check .
+
+# On one GPU, within 8 minutes: the `cuda` tests (AMP training, evaluation, tiled prediction,
+# TorchScript export, one-GPU launch) and the throughput benchmark, whose table (with the
+# GPU's name) replaces the one between the gpu-check markers of docs/benchmarks.md.
+gpu-check:
+	@nvidia-smi -L >/dev/null 2>&1 || { echo "gpu-check: no NVIDIA GPU here (nvidia-smi -L failed); run it on a machine with one" >&2; exit 2; }
+	@$(MAKE) --no-print-directory setup
+	@$(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: torch ' + torch.__version__ + ' sees no CUDA device (a CPU-only build? see TORCH_SPEC)')"
+	timeout 300 $(PY) -m pytest -m cuda tests/test_cuda.py -q -rs -p no:cacheprovider
+	timeout 150 $(PY) tools/benchmark.py --group throughput --device cuda --repeats 10 --doc docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) output build *.egg-info .pytest_cache .ruff_cache

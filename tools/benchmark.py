@@ -6,6 +6,7 @@
     tools/benchmark.py --group export --output docs/bench        # eager / TorchScript / ONNX
     tools/benchmark.py --device cuda ...                         # on a GPU
     tools/benchmark.py --group scale --output docs/bench         # post-processing at scale
+    tools/benchmark.py --group throughput --doc docs/benchmarks.md   # images/s, AMP on CUDA
 
 Writes ``<group>_<device>.md`` and ``.json`` under --output; prints the table.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from maskrcnn_pp.engine import benchmark
+from maskrcnn_pp.studies import throughput
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
 from maskrcnn_pp.utils.io import atomic_write_json, atomic_write_text, check_output_dir
 
@@ -29,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--group", choices=("mask_rcnn", "semantic", "scale", "export"), required=True)
+    p.add_argument("--group", required=True,
+                   choices=("mask_rcnn", "semantic", "scale", "export", "throughput"))
     p.add_argument("--cases", default="2048:4096,4096:16384,8192:65536",
                    help="scale: SIZE:NUCLEI,... (square nuclei counts)")
     p.add_argument("--tile-size", type=int, default=1024, help="scale: tile side")
@@ -45,6 +48,8 @@ def parse_args(argv=None):
                    help="the UNet++ of --group export")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--output", type=Path, default=ROOT / "docs" / "bench")
+    p.add_argument("--doc", type=Path, help="throughput: also write the table into this "
+                   "Markdown file, between the gpu-check markers")
     return p.parse_args(argv)
 
 
@@ -82,6 +87,8 @@ def main(argv=None) -> int:
     check_output_dir(args.output, "--output")
     if args.group == "scale":
         return _scale(args)
+    if args.group == "throughput":
+        return _throughput(args)
     if args.group == "mask_rcnn":
         cands = benchmark.mask_rcnn_group(args.pp_config, args.baseline_config,
                                           size=args.size or 256, batch=args.batch or 2,
@@ -129,6 +136,24 @@ def _scale(args) -> int:
                                                   "rows": rows}, indent=2)
     print(header)
     print(table)
+def _throughput(args) -> int:
+    """Train (AMP on CUDA) and inference images/s, 512 px and batch 8 unless given."""
+    rows = throughput.measure_throughput(
+        {"Mask R-CNN (baseline)": args.baseline_config, "Mask R-CNN++": args.pp_config},
+        size=args.size or 512, batch=args.batch or 8, device=args.device, steps=args.repeats,
+        progress=lambda m: print(m, file=sys.stderr, flush=True))
+    command = "tools/benchmark.py " + " ".join(sys.argv[1:])
+    text = (f"Machine: {machine_description(args.device)}; torch {torch.__version__}; "
+            f"{rows[0]['size']}x{rows[0]['size']} synthetic nuclei, batch {rows[0]['batch']}, "
+            f"AMP {'on' if rows[0]['amp'] and args.device.startswith('cuda') else 'off'}; "
+            f"command: `{command}`\n\n{throughput.throughput_markdown(rows)}")
+    stem = args.output / f"throughput_{args.device.split(':')[0]}"
+    atomic_write_text(stem.with_suffix(".md"), text + "\n")
+    atomic_write_json(stem.with_suffix(".json"), {"machine": machine_description(args.device),
+                                                  "command": command, "rows": rows}, indent=2)
+    if args.doc:
+        throughput.replace_between_markers(args.doc, text)
+    print(text)
     return 0
 
 

@@ -39,7 +39,8 @@ from ..utils.io import atomic_write_json
 __all__ = [
     "DSB_THRESHOLDS", "InstanceOverlap", "to_rles", "dsb_precisions", "dsb_map", "aji",
     "pixel_dice", "pixel_iou", "f1_at_50", "image_metrics", "load_coco_ground_truth",
-    "load_coco_results", "evaluate_coco_results", "summary_scalars", "format_metrics_table",
+    "dataset_ground_truth", "load_coco_results", "evaluate_coco_results",
+    "coco_image_evaluation", "coco_ap", "summary_scalars", "format_metrics_table",
     "NucleiEvaluator",
 ]
 
@@ -280,6 +281,14 @@ def load_coco_ground_truth(path: str | os.PathLike) -> COCO:
     return coco_from_dict(read_json(path), str(path))
 
 
+def dataset_ground_truth(dataset_name: str) -> COCO:
+    """A registered data set's ``json_file`` or, if it has none, Detectron2's COCO
+    conversion of its dicts."""
+    json_file = MetadataCatalog.get(dataset_name).get("json_file")
+    return (load_coco_ground_truth(json_file) if json_file else
+            coco_from_dict(convert_to_coco_dict(dataset_name), dataset_name))
+
+
 def load_coco_results(path: str | os.PathLike) -> Any:
     """A COCO results file (what ``COCOEvaluator`` writes), as read: it is checked against
     the ground truth by :func:`evaluate_coco_results`."""
@@ -353,14 +362,27 @@ def _coco_segm_ap(coco_gt: COCO, results: Sequence[dict], image_ids: list[int],
         return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
     if max_dets is None:
         max_dets = max(100, *Counter(r["image_id"] for r in results).values())
+    return coco_ap(coco_image_evaluation(coco_gt, results, image_ids, max_dets))
+
+
+def coco_image_evaluation(coco_gt: COCO, results: Sequence[dict], image_ids: list[int],
+                          max_dets: int, iou_type: str = "segm") -> COCOeval:
+    """pycocotools' per-image matching (``evaluate()``, not yet accumulated) of ``results``
+    (non-empty) with at most ``max_dets`` detections per image, "all" area range only."""
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(results)
-        evaluation = COCOeval(coco_gt, coco_dt, "segm")
-        evaluation.params.imgIds = image_ids
+        coco_dt = coco_gt.loadRes(list(results))
+        evaluation = COCOeval(coco_gt, coco_dt, iou_type)
+        evaluation.params.imgIds = list(image_ids)
         evaluation.params.maxDets = [max_dets]
         # Only the "all" area range is reported; skipping small/medium/large is 4x faster.
         evaluation.params.areaRng, evaluation.params.areaRngLbl = [[0, 1e10]], ["all"]
         evaluation.evaluate()
+    return evaluation
+
+
+def coco_ap(evaluation: COCOeval) -> dict[str, float | None]:
+    """AP, AP50, AP75 (fractions) of an evaluated ``COCOeval`` over its ``params.imgIds``."""
+    with contextlib.redirect_stdout(io.StringIO()):
         evaluation.accumulate()
     # precision[iou threshold, recall, category, area range, max detections];
     # read directly because COCOeval.summarize() assumes maxDets == 100.
@@ -413,8 +435,7 @@ class NucleiEvaluator(DatasetEvaluator):
     """The nuclei metrics of a Detectron2 instance-segmentation model on a registered set.
 
     Predicted masks are kept as RLE (as ``COCOEvaluator`` does), gathered from all workers,
-    and scored by :func:`evaluate_coco_results`. The ground truth is the data set's
-    ``json_file`` or, if it has none, Detectron2's COCO conversion of its dicts.
+    and scored by :func:`evaluate_coco_results` against :func:`dataset_ground_truth`.
     ``evaluate()`` returns ``{"nuclei": {name: float}}`` (fractions in [0, 1]); with
     ``output_dir`` the full result, per image, is written to ``nuclei_metrics.json``.
     """
@@ -427,9 +448,7 @@ class NucleiEvaluator(DatasetEvaluator):
         self._output_dir = output_dir
         self._distributed = distributed
         self._max_dets = max_dets
-        json_file = MetadataCatalog.get(dataset_name).get("json_file")
-        self._coco_gt = (load_coco_ground_truth(json_file) if json_file else
-                         coco_from_dict(convert_to_coco_dict(dataset_name), dataset_name))
+        self._coco_gt = dataset_ground_truth(dataset_name)
         # Detectron2 predicts contiguous class indices in the order of the sorted category ids.
         self._category_ids = sorted(self._coco_gt.getCatIds())
         self._predictions: list[dict] = []

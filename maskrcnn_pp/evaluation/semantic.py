@@ -70,6 +70,9 @@ class SemanticEvaluator(DatasetEvaluator):
         threshold: foreground probability threshold of one-class networks.
         distributed: gather counts from every process (Detectron2's ``comm``).
         output_dir: if given, the results are also written to ``semantic_results.json``.
+
+    ``per_image[mode]`` keeps this process's ``(file_name, intersection, predicted, truth)``
+    of every image, for statistics over images (``tools/study.py`` bootstraps them).
     """
 
     def __init__(self, dataset_name: str, model: nn.Module | None = None, *,
@@ -94,6 +97,7 @@ class SemanticEvaluator(DatasetEvaluator):
         self._counts = {name: np.zeros(3, np.int64) for name in names}
         self._seconds = {name: 0.0 for name in names}
         self._images = {name: 0 for name in names}
+        self.per_image: dict[str, list[tuple[str, int, int, int]]] = {name: [] for name in names}
 
     def _accumulate(self, name: str, inputs: Sequence[dict], outputs: Sequence[dict]) -> None:
         for inp, out in zip(inputs, outputs):
@@ -105,8 +109,10 @@ class SemanticEvaluator(DatasetEvaluator):
             if pred.shape != truth.shape:
                 raise ValueError(f"{inp.get('file_name', '?')}: prediction {tuple(pred.shape)} "
                                  f"and truth {tuple(truth.shape)} differ in size")
-            self._counts[name] += [int((pred & truth).sum()), int(pred.sum()), int(truth.sum())]
+            counts = (int((pred & truth).sum()), int(pred.sum()), int(truth.sum()))
+            self._counts[name] += counts
             self._images[name] += 1
+            self.per_image[name].append((str(inp.get("file_name", "")), *counts))
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
         self._accumulate(HEADLINE, inputs, outputs)

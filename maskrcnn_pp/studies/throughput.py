@@ -1,0 +1,106 @@
+"""Training and inference throughput (images/s) of Mask R-CNN++ vs Mask R-CNN on one device.
+
+The GPU question is "how many images per second at realistic settings", so the training
+step is the project's own (``CheckedAMPTrainer`` with AMP on CUDA, as ``Trainer`` picks it;
+``CheckedSimpleTrainer`` elsewhere) fed the same batch of synthetic nuclei crops over and
+over, and inference is the model in eval mode on that batch. The two models are timed
+interleaved, as in :mod:`maskrcnn_pp.engine.benchmark`. ``make gpu-check`` writes the
+table into docs/benchmarks.md between :data:`MARKERS`.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from ..engine.benchmark import _nuclei_batch, _sync
+from ..engine.optim import build_optimizer
+from ..engine.trainer import CheckedAMPTrainer, CheckedSimpleTrainer, load_config
+from ..utils.errors import UserError
+from ..utils.io import atomic_write_text
+
+__all__ = ["MARKERS", "measure_throughput", "throughput_markdown", "replace_between_markers"]
+
+MARKERS = ("<!-- gpu-check:begin (written by `make gpu-check`) -->", "<!-- gpu-check:end -->")
+
+
+def _candidate(config_file: str, size: int, batch: int, device: str, amp: bool):
+    torch.manual_seed(0)
+    cfg = load_config(config_file, ["MODEL.DEVICE", device, "SOLVER.AMP.ENABLED", str(amp)])
+    model = build_model(cfg)
+    inputs = _nuclei_batch(size, batch, device)
+    trainer_class = CheckedAMPTrainer if amp and device.startswith("cuda") else CheckedSimpleTrainer
+    trainer = trainer_class(model, itertools.repeat(inputs), build_optimizer(cfg, model))
+    trainer.iter = 0        # named by the non-finite-loss check
+    test_inputs = [{k: v for k, v in d.items() if k != "instances"} for d in inputs]
+
+    def train_step():
+        model.train()
+        trainer.run_step()
+
+    def infer():
+        model.eval()
+        with torch.no_grad():
+            model(test_inputs)
+
+    return train_step, infer
+
+
+def measure_throughput(configs: dict[str, str], size: int = 512, batch: int = 8,
+                       device: str = "cuda", amp: bool = True, steps: int = 10,
+                       warmup: int = 3, progress=print) -> list[dict]:
+    """Median images/s of a training step and of inference for each ``{name: config}``."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} but no CUDA device is available")
+    built = {}
+    for name, config in configs.items():
+        progress(f"building {name}")
+        built[name] = _candidate(config, size, batch, device, amp)
+    times: dict[str, dict[str, list[float]]] = {n: {"train": [], "infer": []} for n in built}
+    with EventStorage():
+        for step in range(warmup + steps):
+            progress(f"round {step + 1}/{warmup + steps}")
+            for kind, index in (("train", 0), ("infer", 1)):
+                for name, functions in built.items():
+                    _sync(device)
+                    start = time.perf_counter()
+                    functions[index]()
+                    _sync(device)
+                    if step >= warmup:
+                        times[name][kind].append(time.perf_counter() - start)
+    return [{"model": name, "train_images_per_s": batch / statistics.median(t["train"]),
+             "infer_images_per_s": batch / statistics.median(t["infer"]),
+             "size": size, "batch": batch, "amp": amp, "device": device}
+            for name, t in times.items()]
+
+
+def throughput_markdown(rows: list[dict]) -> str:
+    reference = rows[0]
+    lines = ["| model | train images/s | train ratio | inference images/s | inference ratio |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(
+            f"| {row['model']} | {row['train_images_per_s']:.1f} | "
+            f"{row['train_images_per_s'] / reference['train_images_per_s']:.2f}x | "
+            f"{row['infer_images_per_s']:.1f} | "
+            f"{row['infer_images_per_s'] / reference['infer_images_per_s']:.2f}x |")
+    return "\n".join(lines)
+
+
+def replace_between_markers(path: Path, text: str) -> None:
+    """Put ``text`` between the :data:`MARKERS` of ``path`` (appended with them if absent)."""
+    path = Path(path)
+    document = path.read_text(encoding="utf-8") if path.is_file() else ""
+    block = f"{MARKERS[0]}\n{text.strip()}\n{MARKERS[1]}"
+    pattern = re.compile(re.escape(MARKERS[0]) + ".*?" + re.escape(MARKERS[1]), re.S)
+    if pattern.search(document):
+        document = pattern.sub(lambda _: block, document)
+    else:
+        document = document.rstrip("\n") + "\n\n" + block + "\n"
+    atomic_write_text(path, document)

@@ -1,0 +1,291 @@
+"""tools/study.py: description checks, bootstrap statistics, and a tiny study end to end."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from pycocotools import mask as mask_util
+
+from maskrcnn_pp.evaluation.nuclei import coco_ap, coco_from_dict, coco_image_evaluation
+from maskrcnn_pp.studies.study import (
+    RunEval,
+    _resampled_ap,
+    bootstrap_positions,
+    load_spec,
+    plan_runs,
+    summarize,
+)
+from maskrcnn_pp.utils.errors import UserError
+from tests.conftest import ROOT
+
+QUICK = ROOT / "configs" / "quick_schedules"
+STUDY = ROOT / "tools" / "study.py"
+
+
+def write_spec(tmp_path, **fields):
+    spec = {"output": str(tmp_path / "out"),
+            "models": {"pp": str(QUICK / "mask_rcnn_pp_synthetic.yaml"),
+                       "base": str(QUICK / "mask_rcnn_baseline_synthetic.yaml")},
+            "seeds": [0, 1], "eval_sets": ["nuclei_synthetic_val"], **fields}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"colour": "red"}, "unknown key(s) colour"),
+    ({"models": {"pp": "nope.yaml"}}, "models.pp: config file nope.yaml does not exist"),
+    ({"seeds": [0, 0]}, "'seeds' must be a list of distinct integers"),
+    ({"overrides": {"SEED": 3}}, "overrides.SEED is set by the study"),
+    ({"eval_sets": ["no_such_set"]}, "eval_sets: unknown data set 'no_such_set'"),
+    ({"group_pattern": "_\\d+"}, "needs a (group)"),
+])
+def test_bad_descriptions_name_the_file_and_key(tmp_path, fields, message):
+    path = write_spec(tmp_path, **fields)
+    with pytest.raises(UserError, match=str(path).replace(".", r"\.")) as err:
+        load_spec(path)
+    assert message in str(err.value)
+
+
+def test_runs_follow_the_layout_and_overrides_reach_the_command(tmp_path):
+    spec = load_spec(write_spec(tmp_path, overrides={"SOLVER.STEPS": [2, 3]}),
+                     more_overrides={"SOLVER.MAX_ITER": 4}, seeds=[5])
+    runs = plan_runs(spec)
+    assert [(r.model, r.seed, r.run_dir) for r in runs] == [
+        ("pp", 5, tmp_path / "out" / "runs" / "pp" / "seed5"),
+        ("base", 5, tmp_path / "out" / "runs" / "base" / "seed5")]
+    cfg = runs[0].config()
+    assert (cfg.SOLVER.STEPS, cfg.SOLVER.MAX_ITER, cfg.SEED) == ((2, 3), 4, 5)
+    assert cfg.OUTPUT_DIR == str(runs[0].run_dir) and cfg.DATASETS.TEST == ()
+    assert "--resume" in runs[0].train_command()
+
+
+def test_bootstrap_draws_whole_groups():
+    groups = ["a", "a", "a", "b", "c"]
+    drawn_a = 0
+    for positions in bootstrap_positions(groups, 50, np.random.default_rng(0)):
+        counts = np.bincount(positions, minlength=5)
+        assert counts[0] == counts[1] == counts[2]          # all images of "a", or none
+        assert counts[0] + counts[3] + counts[4] == 3       # three groups drawn
+        drawn_a += counts[0]
+    assert 0 < drawn_a < 150
+
+
+def _square(y, x, size=4, shape=(32, 32)):
+    mask = np.zeros(shape, np.uint8)
+    mask[y:y + size, x:x + size] = 1
+    rle = mask_util.encode(np.asfortranarray(mask))
+    rle["counts"] = rle["counts"].decode()
+    return rle
+
+
+def _coco_case(images):
+    """A ground truth and detections from ``images``: per image, a list of (true square,
+    detection offset, score); offset None means a miss."""
+    gt = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "nucleus"}]}
+    dets = []
+    for image_id, objects in enumerate(images, start=1):
+        gt["images"].append({"id": image_id, "height": 32, "width": 32})
+        for y, x, offset, score in objects:
+            rle = _square(y, x)
+            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": image_id,
+                                      "category_id": 1, "segmentation": rle, "area": 16,
+                                      "bbox": [x, y, 4, 4], "iscrowd": 0})
+            if offset is not None:
+                dets.append({"image_id": image_id, "category_id": 1, "score": score,
+                             "segmentation": _square(y + offset, x),
+                             "bbox": [x, y + offset, 4, 4]})
+    return gt, dets
+
+
+IMAGES = [[(2, 2, 0, 0.9), (10, 10, 1, 0.8)], [(4, 4, 2, 0.95), (20, 20, None, 0.0)],
+          [(8, 8, 0, 0.3), (16, 3, 3, 0.7), (25, 25, 0, 0.6)]]
+
+
+def test_resampled_ap_equals_cocoeval_on_the_resampled_images():
+    gt, dets = _coco_case(IMAGES)
+    coco = coco_from_dict(gt, "gt")
+    full = coco_image_evaluation(coco, dets, [1, 2, 3], 100)
+    assert _resampled_ap(full, np.arange(3)) == coco_ap(copy.deepcopy(full))
+    # a subset: the same as evaluating those images only
+    subset = _resampled_ap(full, np.array([0, 2]))
+    assert subset == coco_ap(coco_image_evaluation(coco, dets, [1, 3], 100))
+    # repeats: the same as a data set where image 3 really appears twice
+    twice_gt, twice_dets = _coco_case([IMAGES[0], IMAGES[2], IMAGES[2]])
+    twice = coco_image_evaluation(coco_from_dict(twice_gt, "gt2"), twice_dets, [1, 2, 3], 100)
+    assert _resampled_ap(full, np.array([0, 2, 2])) == coco_ap(twice)
+    assert subset != coco_ap(copy.deepcopy(full))      # the resample really changes AP
+
+
+def _mean_eval(values, names=None):
+    names = names or [f"img{i}" for i in range(len(values))]
+    return RunEval("instance", keys=names, file_names=names,
+                   values={"dsb_map": np.asarray(values, float)})
+
+
+def test_paired_bootstrap_of_per_image_means():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.2, 0.6, 40)
+    evals = {"a": {0: _mean_eval(base + 0.10), 1: _mean_eval(base + 0.12)},
+             "b": {0: _mean_eval(base), 1: _mean_eval(base + 0.02)}}
+    summary = summarize(evals, ["a", "b"], resamples=300, ap_resamples=1)
+    pair, = summary["pairs"]
+    # Every image gains exactly 0.10: the paired difference has no spread at all.
+    assert pair["difference"] == pytest.approx(0.10)
+    assert pair["ci_low"] == pytest.approx(0.10) and pair["ci_high"] == pytest.approx(0.10)
+    stats = summary["models"]["a"]
+    assert stats["per_seed"]["dsb_map"] == pytest.approx([base.mean() + 0.10, base.mean() + 0.12])
+    assert stats["std"]["dsb_map"] == pytest.approx(np.std([0.10, 0.12], ddof=1))
+    plotted, _ = summary["_plot"][("a", "b", "dsb_map")]
+    assert plotted == pytest.approx(np.full(40, 0.10))
+
+    noisy = {"a": {0: _mean_eval(base + rng.normal(0, 0.1, 40))}, "b": {0: _mean_eval(base)}}
+    pair, = summarize(noisy, ["a", "b"], resamples=500, ap_resamples=1)["pairs"]
+    assert pair["ci_low"] < pair["difference"] < pair["ci_high"]
+    assert pair["ci_high"] - pair["ci_low"] > 0.02
+
+
+def test_semantic_scores_pool_pixels_and_refuse_other_images():
+    counts = np.array([[10, 10, 10], [0, 0, 0], [5, 10, 5]])
+    run = RunEval("semantic", keys=["p0", "p1", "p2"], file_names=["p0", "p1", "p2"],
+                  counts={"output": counts})
+    scores = run.scores(np.arange(3))
+    assert scores["IoU"] == pytest.approx(100 * 15 / 20)      # pooled, not a mean of images
+    assert run.scores(np.array([1, 1]))["Dice"] == 100.0      # nothing to find, nothing found
+    assert run.per_image("IoU") == pytest.approx([100, 100, 50])
+    other = RunEval("semantic", keys=["p0", "p1", "x"], file_names=["p0", "p1", "x"],
+                    counts={"output": counts})
+    with pytest.raises(UserError, match="other images"):
+        summarize({"a": {0: run}, "b": {0: other}}, ["a", "b"])
+
+
+def test_semantic_evaluator_keeps_the_counts_of_every_image():
+    from maskrcnn_pp.evaluation.semantic import SemanticEvaluator
+
+    evaluator = SemanticEvaluator("unused", distributed=False)
+    truth = torch.zeros(4, 4, dtype=torch.long)
+    truth[:2] = 1                                   # 8 true pixels
+    probs = torch.zeros(1, 4, 4)
+    probs[0, :1] = 0.9                              # 4 predicted, all true
+    empty = torch.zeros(1, 4, 4)
+    evaluator.process([{"sem_seg": truth, "file_name": "a_0_0.png"},
+                       {"sem_seg": truth, "file_name": "a_0_96.png"}],
+                      [{"sem_seg": probs}, {"sem_seg": empty}])
+    assert evaluator.per_image == {"output": [("a_0_0.png", 4, 4, 8), ("a_0_96.png", 0, 0, 8)]}
+    run = RunEval("semantic", keys=["a_0_0.png", "a_0_96.png"],
+                  file_names=["a_0_0.png", "a_0_96.png"],
+                  counts={"output": np.array([r[1:] for r in evaluator.per_image["output"]])})
+    assert run.scores(np.arange(2)) == pytest.approx(evaluator.evaluate()["sem_seg"])
+
+
+# --------------------------------------------------------------------------- end to end
+
+TINY = {"SOLVER.MAX_ITER": 10, "SOLVER.CHECKPOINT_PERIOD": 2, "SOLVER.IMS_PER_BATCH": 1,
+        "SOLVER.WARMUP_ITERS": 0, "SOLVER.BASE_LR": 0.005, "INPUT.MIN_SIZE_TRAIN": [64],
+        "INPUT.MAX_SIZE_TRAIN": 64, "INPUT.MIN_SIZE_TEST": 64, "INPUT.MAX_SIZE_TEST": 64,
+        "TEST.DETECTIONS_PER_IMAGE": 50}
+
+
+def _study(spec, *args, **kwargs):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(STUDY), str(spec), "--resamples", "200",
+                           "--ap-resamples", "20", *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=600, **kwargs)
+
+
+def test_tiny_study_survives_a_kill_and_reuses_finished_runs(tmp_path):
+    spec = write_spec(tmp_path, overrides=TINY)
+    out = tmp_path / "out"
+    run = {(m, s): out / "runs" / m / f"seed{s}" for m in ("pp", "base") for s in (0, 1)}
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    study = subprocess.Popen([sys.executable, str(STUDY), str(spec), "--jobs", "2"], cwd=ROOT,
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    # Kill the whole study (its trainings too) once a run is finished and another is midway.
+    deadline = time.time() + 400
+    while not ((run["pp", 0] / "model_final.pth").is_file()
+               and (run["base", 0] / "last_checkpoint").is_file()):
+        assert study.poll() is None and time.time() < deadline, "study ended or hung"
+        time.sleep(0.1)
+    os.killpg(study.pid, signal.SIGKILL)
+    study.wait()
+    assert not (run["base", 0] / "model_final.pth").exists()
+    finished_before = (run["pp", 0] / "model_final.pth").stat().st_mtime_ns
+
+    resumed = _study(spec, "--jobs", "2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming base seed 0" in resumed.stdout
+    assert "pp seed 0 (" not in resumed.stdout                 # finished: not trained again
+    assert (run["pp", 0] / "model_final.pth").stat().st_mtime_ns == finished_before
+    log = (run["base", 0] / "log.txt").read_text()
+    assert "Starting training from iteration 0" in log
+    assert any(f"Starting training from iteration {i}" in log for i in range(2, 10, 2))
+
+    report = json.loads((out / "study.json").read_text())
+    summary = report["eval_sets"]["nuclei_synthetic_val"]
+    assert summary["images"] == 16 and report["unfinished"] == []
+    for model in ("pp", "base"):
+        stats = summary["models"][model]
+        assert stats["seeds"] == [0, 1]
+        for i, seed in enumerate((0, 1)):
+            nuclei = json.loads((run[model, seed] / "study_eval" / "nuclei_synthetic_val"
+                                 / "nuclei_metrics.json").read_text())
+            assert stats["per_seed"]["dsb_map"][i] == pytest.approx(nuclei["dsb_map"])
+            assert stats["per_seed"]["segm_AP"][i] == pytest.approx(
+                100 * (nuclei["coco_segm"]["AP"] or 0.0))
+    pairs = {p["metric"]: p for p in summary["pairs"]}
+    assert pairs["segm_AP"]["resamples"] == 20 and pairs["aji"]["resamples"] == 200
+    assert all(p["ci_low"] <= p["ci_high"] for p in pairs.values())
+    for name in ("segm_AP", "dsb_map", "aji"):
+        assert (out / f"nuclei_synthetic_val_{name}.png").read_bytes()[:4] == b"\x89PNG"
+    markdown = (out / "study.md").read_text()
+    assert "| pp | base | aji |" in markdown and "nuclei_synthetic_val_aji.png" in markdown
+
+    again = _study(spec, "--no-train")                       # cached evaluations
+    assert again.returncode == 0 and "evaluating" not in again.stdout
+
+    changed = _study(spec, "--override", "SOLVER.BASE_LR=0.02")
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    last = changed.stderr.strip().splitlines()[-1]
+    assert "config.yaml differs" in last and "SOLVER.BASE_LR" in last
+
+
+# --------------------------------------------------------------------------- throughput
+
+
+def test_throughput_rows_and_the_marked_block_of_a_document(tmp_path):
+    from maskrcnn_pp.studies.throughput import (
+        MARKERS,
+        measure_throughput,
+        replace_between_markers,
+        throughput_markdown,
+    )
+
+    rows = measure_throughput({"pp": str(QUICK / "mask_rcnn_pp_synthetic.yaml")}, size=64,
+                              batch=2, device="cpu", steps=1, warmup=0, progress=lambda m: None)
+    assert rows[0]["train_images_per_s"] > 0 and rows[0]["infer_images_per_s"] > 0
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# B\n\nbefore\n\n{MARKERS[0]}\nold numbers\n{MARKERS[1]}\n\nafter\n")
+    replace_between_markers(doc, throughput_markdown(rows))
+    replace_between_markers(doc, "GPU: X\n\n" + throughput_markdown(rows))
+    text = doc.read_text()
+    assert text.count(MARKERS[0]) == 1 and "old numbers" not in text
+    assert text.startswith("# B\n\nbefore\n") and text.endswith("\n\nafter\n")
+    assert "GPU: X" in text and "| pp | " in text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_throughput_on_cuda_without_cuda_is_one_clear_error():
+    from maskrcnn_pp.studies.throughput import measure_throughput
+
+    with pytest.raises(UserError, match="no CUDA device"):
+        measure_throughput({"pp": str(QUICK / "mask_rcnn_pp_synthetic.yaml")}, device="cuda")

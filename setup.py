@@ -29,6 +29,8 @@ setup(
         "nibabel>=5.0",
         # TIFF / OME-TIFF images and label images (16/32-bit, multi-page)
         "tifffile>=2023.1",
+        # the codecs tifffile needs for compressed TIFFs (LZW, JPEG, zstd; OME-TIFF)
+        "imagecodecs>=2023.1",
     ],
     extras_require={"dev": ["pytest>=7.0", "ruff>=0.4"],
                     # ONNX export of the networks and ONNX Runtime prediction

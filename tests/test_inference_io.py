@@ -120,6 +120,19 @@ class Recorder(torch.nn.Module):
         return [empty]
 
 
+def test_compressed_ome_tiff_is_read_by_tifffile_with_its_axes(tmp_path):
+    """LZW and zstd need ``imagecodecs`` (a dependency): tifffile, not OpenCV's page-by-page
+    fallback, reads them, so the file's OME axes survive."""
+    stack = np.stack([sixteen_bit_image(seed) for seed in range(3)])
+    for compression in ("lzw", "zstd"):
+        path = tmp_path / f"{compression}.ome.tif"
+        tifffile.imwrite(path, stack, compression=compression, metadata={"axes": "ZYX"})
+        with pytest.raises(UnreadableImageError, match=r"holds 3 images \(axes ZYX"):
+            read_image_rgb(path)
+        np.testing.assert_array_equal(read_image_rgb(path, page=2)[..., 0],
+                                      normalize_intensity(stack[2]))
+
+
 @pytest.mark.parametrize("image_format", ["BGR", "L"])
 def test_training_loader_and_predictor_feed_identical_tensors_for_a_16bit_tiff(
         tmp_path, image_format):

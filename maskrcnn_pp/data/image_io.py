@@ -97,8 +97,8 @@ def normalize_intensity(pixels: np.ndarray, intensity: Intensity | None = None) 
 def _tiff_stack(path: PathLike, data: np.ndarray) -> tuple[np.ndarray, str]:
     """All images of a TIFF as (N, H, W[, S]) and the file's axes.
 
-    tifffile keeps the axes; OpenCV decodes what tifffile lacks a codec for (LZW and JPEG
-    need the optional ``imagecodecs``), one page per image.
+    tifffile keeps the axes and, through ``imagecodecs``, decodes every common compression
+    (LZW, JPEG, zstd, ...); OpenCV decodes, one page per image, what tifffile refuses.
     """
     try:
         with tifffile.TiffFile(path) as tif:

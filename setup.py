@@ -32,6 +32,14 @@ setup(
         # the codecs tifffile needs for compressed TIFFs (LZW, JPEG, zstd; OME-TIFF)
         "imagecodecs>=2023.1",
     ],
+    # the tools/ scripts as commands of an installed package: maskrcnn-pp-train, -predict, ...
+    entry_points={"console_scripts": [
+        f"maskrcnn-pp-{name}=maskrcnn_pp.cli.{module}:main" for name, module in (
+            ("train", "train_net"), ("predict", "predict"), ("eval-nuclei", "eval_nuclei"),
+            ("visualize", "visualize"), ("export", "export_model"), ("benchmark", "benchmark"),
+            ("demo", "demo"), ("prune-report", "prune_report"),
+            ("compare-runs", "compare_runs"), ("convert-weights", "convert_weights"),
+            ("study", "study"))]},
     extras_require={"dev": ["pytest>=7.0", "ruff>=0.4"],
                     # ONNX export of the networks and ONNX Runtime prediction
                     "export": ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1"],

@@ -1,49 +1,10 @@
 #!/usr/bin/env python
 """Export a trained model as a TorchScript or ONNX graph with a JSON sidecar.
 
-    python tools/export_model.py --config-file configs/mask_rcnn_pp.yaml \\
-        --weights output/mask_rcnn_pp/model_final.pth --format torchscript --output export/
-    python tools/export_model.py --config-file configs/semantic/unetpp_nuclei.yaml \\
-        --weights model_final.pth --format onnx --output export/ --levels 1 2 3 4
-
-Writes ``model.ts`` / ``model.onnx`` (semantic networks with ``--levels``: ``model_L<j>``
-per level, 0 the accurate mode) and ``<file>.json`` beside each, which holds the config and
-the input layout. ``maskrcnn_pp.inference.export.load_exported_model`` loads them. Config
-overrides (``KEY VALUE ...``) may follow the options.
+The command lives in ``maskrcnn_pp/cli/export_model.py``; installed, it is also
+``maskrcnn-pp-export``.
 """
-from __future__ import annotations
-
-import argparse
-
-from maskrcnn_pp.engine.trainer import load_config
-from maskrcnn_pp.inference.export import export_model, sidecar_path
-from maskrcnn_pp.utils.errors import exit_on_user_error
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--weights", required=True, metavar="FILE",
-                        help="model weights (.pth written by tools/train_net.py)")
-    parser.add_argument("--format", required=True, metavar="FORMAT",
-                        help="torchscript or onnx")
-    parser.add_argument("--output", required=True, metavar="DIR")
-    parser.add_argument("--levels", type=int, nargs="+", metavar="J",
-                        help="semantic UNet++: one graph per inference level (0 = accurate, "
-                             "j = the pruned UNet++ L_j); default MODEL.SEMANTIC."
-                             "INFERENCE_LEVEL in one model file")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
-                        help="config overrides: KEY VALUE ...")
-    return parser.parse_args(argv)
-
-
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    cfg = load_config(args.config_file, args.opts)
-    for path in export_model(cfg, args.weights, args.format, args.output, args.levels):
-        print(f"wrote {path} and {sidecar_path(path).name}")
-
+from maskrcnn_pp.cli.export_model import main
 
 if __name__ == "__main__":
     main()

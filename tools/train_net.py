@@ -1,13 +1,12 @@
 #!/usr/bin/env python
 """Train or evaluate any maskrcnn_pp model (Mask R-CNN++, its baseline, semantic UNet++).
 
-    tools/train_net.py --config-file configs/mask_rcnn_pp.yaml [--num-gpus N] [KEY VALUE ...]
-    tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/model_final.pth
-    tools/train_net.py --config-file ... --resume      # continue after a crash or a kill
+The command lives in ``maskrcnn_pp/cli/train_net.py``; installed, it is also
+``maskrcnn-pp-train``.
 """
 import sys
 
-from maskrcnn_pp.engine.train import argument_parser, launch_from_args
+from maskrcnn_pp.cli.train_net import main
 
 if __name__ == "__main__":
-    sys.exit(launch_from_args(argument_parser().parse_args()))
+    sys.exit(main())

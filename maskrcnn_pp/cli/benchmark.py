@@ -1,0 +1,159 @@
+"""Speed, size and memory of the models, and of instance post-processing on huge images.
+
+    tools/benchmark.py --group mask_rcnn --output docs/bench     # 256 px, batch 2
+    tools/benchmark.py --group semantic --output docs/bench      # 96 px, batch 8
+    tools/benchmark.py --group export --output docs/bench        # eager / TorchScript / ONNX
+    tools/benchmark.py --device cuda ...                         # on a GPU
+    tools/benchmark.py --group scale --output docs/bench         # post-processing at scale
+    tools/benchmark.py --group throughput --doc docs/benchmarks.md   # images/s, AMP on CUDA
+
+Writes ``<group>_<device>.md`` and ``.json`` under --output; prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from maskrcnn_pp.engine import benchmark
+from maskrcnn_pp.model_zoo import get_config_file
+from maskrcnn_pp.studies import throughput
+from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
+from maskrcnn_pp.utils.io import atomic_write_json, atomic_write_text, check_output_dir
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--group", required=True,
+                   choices=("mask_rcnn", "semantic", "scale", "export", "throughput"))
+    p.add_argument("--cases", default="2048:4096,4096:16384,8192:65536",
+                   help="scale: SIZE:NUCLEI,... (square nuclei counts)")
+    p.add_argument("--tile-size", type=int, default=1024, help="scale: tile side")
+    p.add_argument("--tile-overlap", type=int, default=128, help="scale: tile overlap")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--size", type=int, help="input size (default 256 / 96)")
+    p.add_argument("--batch", type=int, help="batch size (default 2 / 8)")
+    p.add_argument("--pp-config", default=get_config_file("mask_rcnn_pp.yaml"))
+    p.add_argument("--baseline-config", default=get_config_file("mask_rcnn_baseline.yaml"))
+    p.add_argument("--semantic-config",
+                   default=get_config_file("semantic/nuclei_unetpp.yaml"),
+                   help="the UNet++ of --group export")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    p.add_argument("--output", type=Path, default=Path("docs/bench"))
+    p.add_argument("--doc", type=Path, help="throughput: also write the table into this "
+                   "Markdown file, between the gpu-check markers")
+    return p.parse_args(argv)
+
+
+def machine_description(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def export_rows(args) -> list:
+    """Eager vs TorchScript vs ONNX Runtime, one interleaved group per model."""
+    if args.device != "cpu":
+        raise UserError("--group export measures CPU latency: use --device cpu")
+    with tempfile.TemporaryDirectory(prefix="export-bench-") as workdir:
+        groups = benchmark.export_groups(args.pp_config, args.semantic_config, workdir,
+                                         size=args.size or 256, batch=args.batch or 8)
+        return [row for cands in groups
+                for row in benchmark.run_group(cands, device="cpu", repeats=args.repeats,
+                                               memory=False, progress=_progress)]
+
+
+@exit_on_user_error
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda but no CUDA device is available")
+    for flag, value in (("--repeats", args.repeats), ("--size", args.size),
+                        ("--batch", args.batch)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    check_output_dir(args.output, "--output")
+    if args.group == "scale":
+        return _scale(args)
+    if args.group == "throughput":
+        return _throughput(args)
+    if args.group == "mask_rcnn":
+        cands = benchmark.mask_rcnn_group(args.pp_config, args.baseline_config,
+                                          size=args.size or 256, batch=args.batch or 2,
+                                          device=args.device)
+    elif args.group == "semantic":
+        cands = benchmark.semantic_group(size=args.size or 96, batch=args.batch or 8,
+                                         device=args.device)
+    if args.group == "export":
+        rows = export_rows(args)
+    else:
+        rows = benchmark.run_group(cands, device=args.device, repeats=args.repeats,
+                                   memory=not args.no_memory, progress=_progress)
+    table = benchmark.markdown_table(rows)
+    command = "tools/benchmark.py " + " ".join(sys.argv[1:])
+    header = (f"Machine: {machine_description(args.device)}; torch {torch.__version__}; "
+              f"command: `{command}`")
+    stem = args.output / f"{args.group}_{args.device.split(':')[0]}"
+    atomic_write_text(stem.with_suffix(".md"), header + "\n\n" + table + "\n")
+    atomic_write_json(stem.with_suffix(".json"), {"machine": machine_description(args.device),
+                                                  "command": command, "rows": rows}, indent=2)
+    print(header)
+    print(table)
+    return 0
+
+
+def _scale(args) -> int:
+    """Post-processing of huge images with a perfect synthetic model, one process each."""
+    try:
+        cases = [tuple(int(v) for v in case.split(":")) for case in args.cases.split(",")]
+    except ValueError:
+        raise UserError(f"--cases {args.cases!r}: expected SIZE:NUCLEI,...") from None
+    rows = []
+    for size, count in cases:
+        print(f"{size}x{size}, {count} nuclei", file=sys.stderr, flush=True)
+        rows.append(benchmark.run_scale_case(size, count, args.tile_size, args.tile_overlap))
+    with open("/proc/loadavg") as load:
+        load_average = load.read().split()[0]
+    command = "tools/benchmark.py " + " ".join(sys.argv[1:])
+    header = (f"Machine: {machine_description('cpu')}, {os.cpu_count()} cores, load average "
+              f"{load_average} when it finished; command: `{command}`")
+    table = benchmark.scale_table(rows)
+    stem = args.output / "scale_cpu"
+    atomic_write_text(stem.with_suffix(".md"), header + "\n\n" + table + "\n")
+    atomic_write_json(stem.with_suffix(".json"), {"command": command, "load": load_average,
+                                                  "rows": rows}, indent=2)
+    print(header)
+    print(table)
+def _throughput(args) -> int:
+    """Train (AMP on CUDA) and inference images/s, 512 px and batch 8 unless given."""
+    rows = throughput.measure_throughput(
+        {"Mask R-CNN (baseline)": args.baseline_config, "Mask R-CNN++": args.pp_config},
+        size=args.size or 512, batch=args.batch or 8, device=args.device, steps=args.repeats,
+        progress=lambda m: print(m, file=sys.stderr, flush=True))
+    command = "tools/benchmark.py " + " ".join(sys.argv[1:])
+    text = (f"Machine: {machine_description(args.device)}; torch {torch.__version__}; "
+            f"{rows[0]['size']}x{rows[0]['size']} synthetic nuclei, batch {rows[0]['batch']}, "
+            f"AMP {'on' if rows[0]['amp'] and args.device.startswith('cuda') else 'off'}; "
+            f"command: `{command}`\n\n{throughput.throughput_markdown(rows)}")
+    stem = args.output / f"throughput_{args.device.split(':')[0]}"
+    atomic_write_text(stem.with_suffix(".md"), text + "\n")
+    atomic_write_json(stem.with_suffix(".json"), {"machine": machine_description(args.device),
+                                                  "command": command, "rows": rows}, indent=2)
+    if args.doc:
+        throughput.replace_between_markers(args.doc, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

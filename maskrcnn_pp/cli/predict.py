@@ -1,0 +1,133 @@
+"""Predict with any trained model: label images, overlays, COCO results, probability maps.
+
+    python tools/predict.py --config-file configs/mask_rcnn_pp.yaml \\
+        --weights output/mask_rcnn_pp/model_final.pth images/ extra.tif --output out/ \\
+        [--score-thresh 0.5] [--tile-size N] [--tile-overlap N] [--gt GT.json] [KEY VALUE ...]
+    python tools/predict.py --config-file configs/semantic/nodule_unetpp.yaml \\
+        --weights model_final.pth scans/ --output out/ --probabilities
+    python tools/predict.py --exported export/model.ts images/ --output out/
+
+Works for Mask R-CNN++, the baseline and the semantic UNet++ / U-Net (2D images; 3D models
+take NIfTI volumes, with sliding windows over volumes larger than the training patch).
+INPUTs are PNG, JPEG or TIFF files (8/16-bit, float, gray, RGB, RGBA; multi-page TIFFs with
+--page) or NIfTI volumes, or folders searched for them. Label images are TIFF (uint16, or
+uint32 beyond 65,535 instances; --label-format png for PNG) or NIfTI with the input's
+affine. Results are appended per image (results.jsonl), so --resume continues a run
+that stopped. Config overrides (``MODEL.DEVICE cpu``) may follow the inputs. With --gt the
+results use that COCO file's image ids, so ``tools/eval_nuclei.py --gt GT.json --pred
+out/coco_instances_results.json`` scores them. See ``maskrcnn_pp.inference``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+
+from maskrcnn_pp.config import add_maskrcnn_pp_config
+from maskrcnn_pp.data.image_io import IMAGE_EXTENSIONS
+from maskrcnn_pp.data.semantic import NIFTI_SUFFIXES
+from maskrcnn_pp.inference import EXPORTED_SUFFIXES, load_predictor
+from maskrcnn_pp.inference.batch import (
+    LABEL_FORMATS,
+    WriteOptions,
+    find_inputs,
+    image_ids_from_coco,
+    predict_files,
+    split_config_overrides,
+)
+from maskrcnn_pp.utils.errors import UserError, check_finite, exit_on_user_error
+from maskrcnn_pp.utils.io import check_output_dir
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Config overrides (KEY VALUE ...) may follow the inputs.")
+    model = parser.add_argument_group("model: --config-file and --weights, or --exported")
+    model.add_argument("--config-file", metavar="FILE")
+    model.add_argument("--weights", metavar="FILE",
+                       help="model weights (.pth written by tools/train_net.py)")
+    model.add_argument("--exported", metavar="FILE",
+                       help="an exported model.ts / model.onnx (tools/export_model.py)")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
+                        help="image files, NIfTI volumes or folders of them")
+    parser.add_argument("--output", required=True, metavar="DIR")
+    parser.add_argument("--score-thresh", type=float, default=0.5,
+                        help="instances: keep detections scoring at least this; default 0.5")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="semantic: foreground probability threshold; default 0.5")
+    parser.add_argument("--level", type=int, metavar="J",
+                        help="UNet++ inference level (0 accurate, J the pruned output J) of a "
+                             "semantic UNet++ or the Mask R-CNN++ mask head")
+    parser.add_argument("--tile-size", type=int, metavar="N",
+                        help="side of the square tiles / windows; default INPUT.MIN_SIZE_TEST "
+                             "(instances), the whole image (semantic 2D) or the training "
+                             "patch (3D)")
+    parser.add_argument("--tile-overlap", type=int, metavar="N",
+                        help="pixels shared by neighbouring tiles, larger than a nucleus; "
+                             "default a quarter of the tile size")
+    parser.add_argument("--page", type=int, metavar="K",
+                        help="the image of multi-page TIFFs to use (0-based; other formats "
+                             "hold one image)")
+    parser.add_argument("--channel", type=int, metavar="C",
+                        help="use this channel of colour images, as gray (0-based)")
+    parser.add_argument("--label-format", choices=LABEL_FORMATS, default="tif",
+                        help="label image format; default tif")
+    parser.add_argument("--probabilities", action="store_true",
+                        help="semantic: also write the probability maps")
+    parser.add_argument("--no-overlays", action="store_true", help="write no overlay PNGs")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip the inputs that --output already holds results for")
+    parser.add_argument("--gt", metavar="GT.json",
+                        help="use this COCO file's image ids (matched by file name)")
+    parser.add_argument("--device", help="MODEL.DEVICE, e.g. cpu or cuda")
+    parser.add_argument("--allow-unsafe-pickle", action="store_true",
+                        help="allow weights that need full unpickling (e.g. legacy .pkl): this "
+                             "can run arbitrary code, use trusted files only")
+    return parser.parse_intermixed_args(argv)
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(format="%(levelname)s: %(message)s")
+    if bool(args.exported) == bool(args.config_file or args.weights):
+        raise UserError("give --config-file and --weights, or --exported alone")
+    if args.exported and not args.exported.endswith(EXPORTED_SUFFIXES):
+        raise UserError(f"--exported {args.exported}: expected a "
+                        f"{' or '.join(EXPORTED_SUFFIXES)} file")
+    if args.config_file and not args.weights:
+        raise UserError("--weights is required with --config-file")
+    check_finite(args.score_thresh, "--score-thresh")
+    check_finite(args.threshold, "--threshold")
+    inputs, opts = split_config_overrides(args.inputs, add_maskrcnn_pp_config(get_cfg()))
+    if not inputs:  # INPUT is optional for argparse, so this is the one message for it
+        raise UserError("no INPUT file or folder given (before any config overrides)")
+    if opts and args.exported:
+        raise UserError("config overrides need --config-file, not --exported")
+    options = WriteOptions(label_format=args.label_format, overlays=not args.no_overlays,
+                           probabilities=args.probabilities, page=args.page,
+                           channel=args.channel)
+    images = find_inputs(inputs, (*IMAGE_EXTENSIONS, *NIFTI_SUFFIXES))
+    check_output_dir(args.output, "--output")
+    image_ids = image_ids_from_coco(args.gt, images) if args.gt else None
+    predictor = load_predictor(
+        args.exported or args.config_file, args.weights, opts=opts, device=args.device,
+        level=args.level, score_thresh=args.score_thresh, threshold=args.threshold,
+        tile_size=args.tile_size, tile_overlap=args.tile_overlap,
+        allow_unsafe_pickle=args.allow_unsafe_pickle, progress=True)
+    datasets = [*predictor.cfg.DATASETS.TEST, *predictor.cfg.DATASETS.TRAIN]
+    metadata = (MetadataCatalog.get(datasets[0])
+                if datasets and datasets[0] in MetadataCatalog.list() else None)
+    run = predict_files(predictor, images, args.output, metadata, image_ids, options,
+                        resume=args.resume)
+    what = f"{run.num_instances} instances" if predictor.kind == "instance" else "label maps"
+    resumed = f", {run.resumed} already done" if run.resumed else ""
+    skipped = f", {len(run.skipped)} skipped" if run.skipped else ""
+    print(f"{len(run.images)} inputs, {what}{resumed}{skipped}: {run.output_dir}")
+
+
+if __name__ == "__main__":
+    main()

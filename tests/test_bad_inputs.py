@@ -714,9 +714,9 @@ def serve() -> None:
     import detectron2.engine  # noqa: F401
 
     import maskrcnn_pp.data.semantic  # noqa: F401
-    import maskrcnn_pp.engine.benchmark  # noqa: F401
     import maskrcnn_pp.engine.train  # noqa: F401
     import maskrcnn_pp.evaluation.visualization  # noqa: F401
+    import maskrcnn_pp.studies.benchmark  # noqa: F401
 
     print("ready", flush=True)
     for line in sys.stdin:

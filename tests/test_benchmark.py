@@ -1,5 +1,5 @@
 """The benchmark machinery runs (tiny sizes); the timings themselves live in docs/."""
-from maskrcnn_pp.engine import benchmark
+from maskrcnn_pp.studies import benchmark
 
 
 def test_semantic_group_rows_ratios_and_table():

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import torch
 
-from maskrcnn_pp.engine import benchmark
 from maskrcnn_pp.model_zoo import get_config_file
-from maskrcnn_pp.studies import throughput
+from maskrcnn_pp.studies import benchmark, throughput
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
 from maskrcnn_pp.utils.io import atomic_write_json, atomic_write_text, check_output_dir
 

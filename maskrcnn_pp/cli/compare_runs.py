@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 
 from maskrcnn_pp.engine.trainer import is_semantic, load_config
-from maskrcnn_pp.evaluation.semantic import RESULTS_FILE, comparison_markdown, comparison_row
+from maskrcnn_pp.evaluation.semantic import RESULTS_FILE
+from maskrcnn_pp.studies.comparison import comparison_markdown, comparison_row
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
 from maskrcnn_pp.utils.io import atomic_write_json, atomic_write_text, check_output_file
 

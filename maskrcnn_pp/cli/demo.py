@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from maskrcnn_pp.engine.demo import run_demo
+from maskrcnn_pp.studies.demo import run_demo
 from maskrcnn_pp.utils.errors import exit_on_user_error
 
 

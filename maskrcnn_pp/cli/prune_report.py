@@ -3,14 +3,14 @@
     tools/prune_report.py --config-file configs/semantic/nuclei_unetpp.yaml \\
         --weights output/semantic/nuclei_unetpp/model_final.pth --output output/prune
 
-Writes OUTPUT/prune_report.{md,json,png}. See ``maskrcnn_pp.evaluation.semantic.prune_report``.
+Writes OUTPUT/prune_report.{md,json,png}. See ``maskrcnn_pp.studies.pruning.prune_report``.
 """
 from __future__ import annotations
 
 import argparse
 
 from maskrcnn_pp.engine.trainer import is_semantic, load_config
-from maskrcnn_pp.evaluation.semantic import prune_report
+from maskrcnn_pp.studies.pruning import prune_report
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
 from maskrcnn_pp.utils.io import check_output_dir
 

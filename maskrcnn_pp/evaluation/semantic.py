@@ -15,22 +15,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.evaluation import DatasetEvaluator, inference_on_dataset
-from detectron2.modeling import build_model
+from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from torch import nn
 
-from ..data.semantic import build_semantic_test_loader
-from ..engine.checkpoint import load_inference_weights
-from ..modeling.semantic_arch import build_semantic_net
-from ..utils.errors import UserError
-from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..utils.io import atomic_write_json
 
-__all__ = ["SemanticEvaluator", "foreground", "overlap_scores", "pruning_rows",
-           "write_pruning_report", "prune_report", "RESULTS_FILE", "comparison_row",
-           "comparison_markdown"]
+__all__ = ["SemanticEvaluator", "foreground", "overlap_scores", "mode_name", "HEADLINE",
+           "RESULTS_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +46,7 @@ def overlap_scores(intersection: int, predicted: int, truth: int) -> dict[str, f
             "Dice": 200.0 * intersection / total}
 
 
-def _mode_name(level: int) -> str:
+def mode_name(level: int) -> str:
     return f"L{level}" if level else "accurate"
 
 
@@ -92,7 +84,7 @@ class SemanticEvaluator(DatasetEvaluator):
         self.reset()
 
     def reset(self) -> None:
-        names = [HEADLINE] + [_mode_name(m) for m in self.modes]
+        names = [HEADLINE] + [mode_name(m) for m in self.modes]
         # Per mode: [intersection, predicted, truth] pixels, seconds, images.
         self._counts = {name: np.zeros(3, np.int64) for name in names}
         self._seconds = {name: 0.0 for name in names}
@@ -117,7 +109,7 @@ class SemanticEvaluator(DatasetEvaluator):
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
         self._accumulate(HEADLINE, inputs, outputs)
         for mode in self.modes:
-            name = _mode_name(mode)
+            name = mode_name(mode)
             cuda = self.model.device.type == "cuda"
             if cuda:
                 torch.cuda.synchronize()
@@ -151,130 +143,3 @@ class SemanticEvaluator(DatasetEvaluator):
         if self.output_dir:
             atomic_write_json(Path(self.output_dir) / RESULTS_FILE, results, indent=2)
         return {"sem_seg": results}
-
-
-def _prunable(model: nn.Module) -> nn.Module:
-    """The semantic network inside ``model``, if it has pruning levels to compare."""
-    net_owner = getattr(model, "module", model)
-    if len(net_owner.levels) < 2:
-        raise UserError("pruning needs UNet++ with deep supervision "
-                         "(MODEL.SEMANTIC.ARCH 'unetpp', DEEP_SUPERVISION True)")
-    return net_owner
-
-
-def pruning_rows(model: nn.Module, data_loader, dataset_name: str) -> list[dict]:
-    """Fig. 3 of the paper as rows: parameters, ms per image, IoU and Dice of UNet++ L1..L_L
-    and of the accurate mode, measured on ``data_loader``."""
-    net_owner = _prunable(model)
-    evaluator = SemanticEvaluator(dataset_name, model)
-    scores = inference_on_dataset(model, data_loader, evaluator)["sem_seg"]
-    rows = []
-    for mode in evaluator.modes:
-        name = _mode_name(mode)
-        rows.append({"mode": name,
-                     "parameters": net_owner.net.parameter_count(mode or None),
-                     "ms_per_image": scores[f"ms_per_image_{name}"],
-                     "IoU": scores[f"IoU_{name}"], "Dice": scores[f"Dice_{name}"]})
-    return rows
-
-
-def _markdown(rows: Sequence[dict], title: str) -> str:
-    lines = [f"# {title}", "",
-             "| mode | parameters (M) | ms / image | IoU (%) | Dice (%) |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r['mode']} | {r['parameters'] / 1e6:.3f} | {r['ms_per_image']:.2f} | "
-              f"{r['IoU']:.2f} | {r['Dice']:.2f} |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def _figure_png(rows: Sequence[dict], title: str) -> bytes:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    names = [r["mode"] for r in rows]
-    panels = [("parameters (M)", [r["parameters"] / 1e6 for r in rows]),
-              ("inference time (ms / image)", [r["ms_per_image"] for r in rows]),
-              ("IoU (%)", [r["IoU"] for r in rows])]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    for ax, (label, values) in zip(axes, panels):
-        bars = ax.bar(names, values, color=["#4c72b0"] * (len(rows) - 1) + ["#dd8452"])
-        ax.bar_label(bars, fmt="%.3g", fontsize=8)
-        ax.set_title(label)
-        ax.set_ylim(0, max(values) * 1.15 if max(values) > 0 else 1)
-    fig.suptitle(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def write_pruning_report(rows: Sequence[dict], output_dir: Path, title: str) -> dict[str, Path]:
-    """``prune_report.md``, ``.json`` and ``.png`` in ``output_dir``; returns their paths."""
-    output_dir = Path(output_dir)
-    paths = {ext: output_dir / f"prune_report.{ext}" for ext in ("md", "json", "png")}
-    atomic_write_text(paths["md"], _markdown(rows, title))
-    atomic_write_json(paths["json"], {"title": title, "rows": list(rows)}, indent=2)
-    atomic_write_bytes(paths["png"], _figure_png(rows, title))
-    return paths
-
-
-def prune_report(cfg: CfgNode, dataset_name: str, output_dir: Path, *,
-                 allow_unsafe_pickle: bool = False) -> dict[str, Path]:
-    """Build the model of ``cfg``, load all of it from ``cfg.MODEL.WEIGHTS``, measure every
-    pruning level on ``dataset_name`` and write the report (see :func:`write_pruning_report`)."""
-    if dataset_name not in DatasetCatalog.list():
-        semantic = [n for n in DatasetCatalog.list()
-                    if MetadataCatalog.get(n).get("evaluator_type") == "semantic"]
-        raise UserError(f"unknown data set {dataset_name!r}; semantic sets: {', '.join(semantic)}")
-    weights = cfg.MODEL.WEIGHTS
-    if not weights or not Path(weights).is_file():
-        raise UserError(f"MODEL.WEIGHTS {weights!r} is not a file: the report needs trained "
-                        "weights")
-    model = build_model(cfg)
-    _prunable(model)  # a config that cannot be pruned is the first thing to say
-    load_inference_weights(model, weights, allow_unsafe_pickle=allow_unsafe_pickle)
-    rows = pruning_rows(model, build_semantic_test_loader(cfg, dataset_name), dataset_name)
-    title = f"UNet++ pruning on {dataset_name} ({cfg.MODEL.DEVICE})"
-    return write_pruning_report(rows, output_dir, title)
-
-
-def _network_name(cfg: CfgNode) -> str:
-    sem = cfg.MODEL.SEMANTIC
-    if sem.ARCH.lower() == "unetpp":
-        return "UNet++ " + ("w/ DS" if sem.DEEP_SUPERVISION else "w/o DS")
-    return "U-Net"
-
-
-def comparison_row(run: str, cfg: CfgNode, results: dict) -> dict:
-    """One trained network of a comparison: what it is (from its config), its size, and
-    the scores an evaluation wrote (:data:`RESULTS_FILE`). ``ms_per_image`` is the time of
-    the configured inference mode; ``IoU_L<j>`` are present for the levels the run measured."""
-    mode = _mode_name(cfg.MODEL.SEMANTIC.INFERENCE_LEVEL)
-    row = {"run": run, "network": _network_name(cfg),
-           "widths": list(cfg.MODEL.SEMANTIC.WIDTHS),
-           "parameters": build_semantic_net(cfg).parameter_count(),
-           "IoU": results["IoU"], "Dice": results["Dice"],
-           "ms_per_image": results.get(f"ms_per_image_{mode}")}
-    row.update({key: value for key, value in results.items()
-                if key.startswith("IoU_L") and key[len("IoU_L"):].isdigit()})
-    return row
-
-
-def comparison_markdown(rows: Sequence[dict]) -> str:
-    """A table of :func:`comparison_row` rows, with one column per measured pruning level."""
-    levels = sorted({int(k[len("IoU_L"):]) for r in rows for k in r if k.startswith("IoU_L")})
-    head = ["run", "network", "widths", "parameters (M)", "IoU (%)", "Dice (%)",
-            *(f"IoU L{j} (%)" for j in levels), "ms / image"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["run"], r["network"], "/".join(map(str, r["widths"])),
-                 f"{r['parameters'] / 1e6:.3f}", f"{r['IoU']:.2f}", f"{r['Dice']:.2f}"]
-        cells += [f"{r[f'IoU_L{j}']:.2f}" if f"IoU_L{j}" in r else "-" for j in levels]
-        cells.append("-" if r["ms_per_image"] is None else f"{r['ms_per_image']:.2f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"

@@ -4,7 +4,7 @@ The GPU question is "how many images per second at realistic settings", so the t
 step is the project's own (``CheckedAMPTrainer`` with AMP on CUDA, as ``Trainer`` picks it;
 ``CheckedSimpleTrainer`` elsewhere) fed the same batch of synthetic nuclei crops over and
 over, and inference is the model in eval mode on that batch. The two models are timed
-interleaved, as in :mod:`maskrcnn_pp.engine.benchmark`. ``make gpu-check`` writes the
+interleaved, as in :mod:`maskrcnn_pp.studies.benchmark`. ``make gpu-check`` writes the
 table into docs/benchmarks.md between :data:`MARKERS`.
 """
 from __future__ import annotations
@@ -19,11 +19,11 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from ..engine.benchmark import _nuclei_batch, _sync
 from ..engine.optim import build_optimizer
 from ..engine.trainer import CheckedAMPTrainer, CheckedSimpleTrainer, load_config
 from ..utils.errors import UserError
 from ..utils.io import atomic_write_text
+from .benchmark import _nuclei_batch, _sync
 
 __all__ = ["MARKERS", "measure_throughput", "throughput_markdown", "replace_between_markers"]
 

@@ -28,8 +28,8 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from ..data.synthetic import SyntheticNucleiSpec, render_image
+from ..engine.trainer import load_config
 from ..modeling.semantic import UNet, UNetPlusPlus, deep_supervision_losses
-from .trainer import load_config
 
 __all__ = ["Candidate", "mask_rcnn_group", "semantic_group", "export_groups", "run_group",
            "markdown_table", "nuclei_grid_image", "PerfectNucleiModel", "scale_case",
@@ -226,8 +226,8 @@ def _exported_candidates(name: str, model: torch.nn.Module, cfg, workdir: str,
     written by :func:`maskrcnn_pp.inference.export.export_model` from saved weights."""
     import os
 
+    from ..engine.checkpoint import SafeCheckpointer
     from ..inference.export import export_model, load_exported_model
-    from .checkpoint import SafeCheckpointer
 
     folder = os.path.join(workdir, name.replace(" ", "_").replace("+", "p"))
     SafeCheckpointer(model, folder).save("model")

@@ -1,0 +1,65 @@
+"""The layering of the package, checked from the source (docs/architecture.md): networks know
+tensors, not data sets or metrics; metrics judge predictions, they do not build models; the
+nested core is plain PyTorch."""
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "maskrcnn_pp"
+
+FORBIDDEN = {  # subpackage -> subpackages it must not import
+    "modeling": {"data", "evaluation", "engine", "inference", "studies", "cli"},
+    "evaluation": {"modeling", "engine", "inference", "studies", "cli"},
+    "data": {"modeling", "evaluation", "engine", "inference", "studies", "cli"},
+    "engine": {"inference", "studies", "cli"},
+    "inference": {"studies", "cli"},
+}
+
+
+def _imports(path: Path, location: Path | None = None) -> list[str]:
+    """Every module ``path`` imports, absolute; relative imports are resolved as if the file
+    were at ``location`` (default: where it is)."""
+    package = (location or path).relative_to(PACKAGE.parent).with_suffix("").parts[:-1]
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = list(package[:len(package) - node.level + 1]) if node.level else []
+            module = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            names += [module] + [f"{module}.{alias.name}" for alias in node.names]
+    return names
+
+
+def _subpackage(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "maskrcnn_pp" else None
+
+
+@pytest.mark.parametrize("owner", sorted(FORBIDDEN))
+def test_subpackages_import_only_what_their_layer_allows(owner):
+    broken = sorted({f"{path.relative_to(PACKAGE.parent)} imports {module}"
+                     for path in (PACKAGE / owner).rglob("*.py")
+                     for module in _imports(path)
+                     if _subpackage(module) in FORBIDDEN[owner]})
+    assert not broken, "\n".join(broken)
+
+
+def test_the_nested_core_imports_only_torch_and_the_standard_library():
+    outside = sorted({module for module in _imports(PACKAGE / "modeling" / "nested.py")
+                      if module.split(".")[0] not in {"torch", *sys.stdlib_module_names}})
+    assert not outside, outside
+
+
+def test_the_checker_resolves_relative_imports_and_sees_a_violation(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("from ..modeling.semantic_arch import build_semantic_net\n"
+                     "from . import nuclei\nimport numpy\n")
+    imported = _imports(probe, location=PACKAGE / "evaluation" / "probe.py")
+    assert {"maskrcnn_pp.modeling.semantic_arch", "maskrcnn_pp.evaluation.nuclei",
+            "numpy"} <= set(imported)
+    assert _subpackage("maskrcnn_pp.modeling.semantic_arch") in FORBIDDEN["evaluation"]

@@ -15,7 +15,8 @@ from ..utils.errors import UserError
 from ..utils.io import PathLike
 from .validation import check_coco_ground_truth, read_json
 
-__all__ = ["datasets_root", "DatasetNotPreparedError", "mask_to_annotation",
+__all__ = ["datasets_root", "DatasetNotPreparedError", "encode_mask", "compressed_rle",
+           "rle_as_text", "mask_to_annotation",
            "register_coco_instances_lazy", "register_nuclei_coco"]
 
 
@@ -29,10 +30,31 @@ class DatasetNotPreparedError(UserError, FileNotFoundError):
     """A registered data set whose files have not been written yet; the message says how."""
 
 
+def encode_mask(mask: np.ndarray) -> dict:
+    """The compressed COCO RLE of a binary (H, W) mask, or a list of them for (H, W, N)."""
+    return mask_util.encode(np.asfortranarray(mask, dtype=np.uint8))
+
+
+def compressed_rle(segmentation: list | dict, height: int, width: int) -> dict:
+    """One compressed RLE of a COCO segmentation of a ``height`` x ``width`` image: polygons
+    (merged into one mask), an uncompressed RLE (list ``counts``) or a compressed one (as is),
+    which is what pycocotools' area, IoU and merge take."""
+    if isinstance(segmentation, list):
+        return mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
+    if isinstance(segmentation["counts"], list):
+        return mask_util.frPyObjects(segmentation, height, width)
+    return segmentation
+
+
+def rle_as_text(rle: dict) -> dict:
+    """``rle`` with its ``counts`` as str, as JSON files hold it (pycocotools gives bytes)."""
+    counts = rle["counts"]
+    return {**rle, "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+
+
 def mask_to_annotation(mask: np.ndarray, category_id: int = 1) -> dict:
     """A COCO annotation (compressed RLE with a str ``counts``, bbox, area) of one mask."""
-    rle = mask_util.encode(np.asfortranarray(mask, dtype=np.uint8))
-    rle["counts"] = rle["counts"].decode("ascii")
+    rle = rle_as_text(encode_mask(mask))
     return {"category_id": category_id, "iscrowd": 0, "segmentation": rle,
             "area": int(mask_util.area(rle)), "bbox": [float(v) for v in mask_util.toBbox(rle)]}
 

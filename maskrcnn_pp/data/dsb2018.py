@@ -30,7 +30,13 @@ from .coco import (
     mask_to_annotation,
     register_coco_instances_lazy,
 )
-from .image_io import Intensity, UnreadableImageError, decode_image_file, read_image_rgb
+from .image_io import (
+    IMAGE_EXTENSIONS,
+    Intensity,
+    UnreadableImageError,
+    decode_image_file,
+    read_image_rgb,
+)
 from .sources import display_name, source_root
 
 __all__ = [
@@ -43,7 +49,6 @@ logger = logging.getLogger(__name__)
 
 NUCLEUS_CATEGORY = {"id": 1, "name": "nucleus"}
 SPLITS = ("train", "val")
-MASK_SUFFIXES = (".png", ".jpg", ".jpeg")
 DSB2018_DIRNAME = "dsb2018"
 
 
@@ -283,9 +288,9 @@ def read_image_bgr8(path: Path) -> np.ndarray:
 
 
 def mask_files(folder: Path) -> list[Path]:
-    """The per-nucleus mask files of a sample folder (``masks/*.png``, ``.jpg``, ``.jpeg``)."""
+    """The per-nucleus mask files of a sample folder (``masks/*`` in an image format)."""
     return sorted(path for path in (folder / "masks").glob("*")
-                  if path.suffix.lower() in MASK_SUFFIXES)
+                  if path.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def is_jpeg(path: Path) -> bool:

@@ -1,6 +1,6 @@
 """The one path from a file (or an array) to network pixels, shared by training and prediction.
 
-Files are PNG, JPEG or TIFF; TIFF goes through ``tifffile`` so 16-bit, float and
+Files are PNG, JPEG, BMP or TIFF; TIFF goes through ``tifffile`` so 16-bit, float and
 multi-page stacks keep their values. A stack never gives its first page silently: one page
 must be chosen (``page``), else the error says how many there are. Pixels become 8-bit by
 :func:`normalize_intensity` under the config's ``INPUT.INTENSITY`` (8-bit images pass
@@ -26,7 +26,7 @@ __all__ = [
     "array_to_rgb8",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 TIFF_EXTENSIONS = (".tif", ".tiff")
 INTENSITY_MODES = ("percentile", "minmax", "range")
 

@@ -13,6 +13,7 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from .. import compat
 from ..utils.errors import UserError
 from .image_io import Intensity, UnreadableImageError, read_image
 
@@ -67,7 +68,7 @@ class CheckedDatasetMapper(DatasetMapper):
         if not self.is_train:
             dataset_dict.pop("annotations", None)
         elif "annotations" in dataset_dict:
-            self._transform_annotations(dataset_dict, transforms, image_shape)
+            compat.transform_annotations(self, dataset_dict, transforms, image_shape)
         return dataset_dict
 
     def __call__(self, dataset_dict: dict):

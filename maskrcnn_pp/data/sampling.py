@@ -15,30 +15,24 @@ from detectron2.config import CfgNode
 from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data.samplers import TrainingSampler
 
+from .. import compat
+
 __all__ = ["ResumableTrainingSampler", "build_resumable_train_loader"]
 
 
-class ResumableTrainingSampler(TrainingSampler):
+class ResumableTrainingSampler(compat.SeekableTrainingSampler, TrainingSampler):
     """``TrainingSampler`` whose stream can start after ``skip`` samples (of all ranks)."""
 
     def __init__(self, size: int, shuffle: bool = True, seed: int | None = None):
         super().__init__(size, shuffle=shuffle, seed=seed)
         self.skip = 0
 
-    @property
-    def seed(self) -> int:
-        return self._seed
-
-    @seed.setter
-    def seed(self, value: int) -> None:
-        self._seed = int(value)
-
     def __iter__(self):
-        if self.skip % self._world_size:
+        if self.skip % self.world_size:
             raise ValueError(f"skip {self.skip} is not a multiple of the world size "
-                             f"{self._world_size}")
-        yield from itertools.islice(self._infinite_indices(), self.skip + self._rank, None,
-                                    self._world_size)
+                             f"{self.world_size}")
+        yield from itertools.islice(self.infinite_indices(), self.skip + self.rank, None,
+                                    self.world_size)
 
 
 def build_resumable_train_loader(cfg: CfgNode, mapper):

@@ -36,6 +36,7 @@ from PIL import Image
 
 from ..utils.errors import UserError
 from ..utils.io import atomic_write_json
+from ..utils.tiles import tile_starts
 from .coco import DatasetNotPreparedError, datasets_root
 from .dsb2018 import (
     SampleProblem,
@@ -46,7 +47,13 @@ from .dsb2018 import (
     read_mask,
     split_val_ids,
 )
-from .image_io import Intensity, UnreadableImageError, normalize_intensity, read_image
+from .image_io import (
+    IMAGE_EXTENSIONS,
+    Intensity,
+    UnreadableImageError,
+    normalize_intensity,
+    read_image,
+)
 from .sampling import build_resumable_train_loader
 from .sources import display_name, source_root
 
@@ -61,7 +68,6 @@ __all__ = [
 
 SPLITS = ("train", "val")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 # First frame of each of the 29 video sequences of CVC-ClinicDB (its README.txt).
 CLINICDB_SEQUENCE_STARTS = (1, 26, 51, 68, 79, 104, 127, 152, 178, 200, 206, 228, 253, 278, 298,
                             318, 343, 364, 384, 409, 429, 448, 467, 479, 504, 529, 547, 572, 592)
@@ -316,16 +322,6 @@ def _nuclei_union(folder: Path, prep: _Preparation) -> tuple[np.ndarray, np.ndar
     return image, union.astype(np.uint8)
 
 
-def _tile_starts(length: int, patch: int, stride: int) -> list[int]:
-    """Patch origins covering ``[0, length)``; the last patch is aligned to the border."""
-    if length <= patch:
-        return [0]
-    starts = list(range(0, length - patch + 1, stride))
-    if starts[-1] != length - patch:
-        starts.append(length - patch)
-    return starts
-
-
 def prepare_nuclei_patches(source: Path, output_root: Path | None = None, *,
                            patch_size: int = 96, stride: int | None = None,
                            val_fraction: float = 0.1, seed: int = 0) -> dict:
@@ -353,8 +349,8 @@ def prepare_nuclei_patches(source: Path, output_root: Path | None = None, *,
             pad = [(0, max(0, patch_size - n)) for n in label.shape]
             image = np.pad(image, pad + [(0, 0)])
             label = np.pad(label, pad)
-            for y in _tile_starts(label.shape[0], patch_size, stride):
-                for x in _tile_starts(label.shape[1], patch_size, stride):
+            for y in tile_starts(label.shape[0], patch_size, stride):
+                for x in tile_starts(label.shape[1], patch_size, stride):
                     name = f"{folder.name}_{y}_{x}.png"
                     window = np.s_[y:y + patch_size, x:x + patch_size]
                     _write_png(prep.path("images", name), image[window])
@@ -393,8 +389,8 @@ def prepare_polyp(source: Path, output_root: Path | None = None, *, name: str = 
             val_fraction=val_fraction, seed=seed, size=size) as prep:
         folder = _folder_with(root, source, "images", "masks")
         image_dir, mask_dir = folder / "images", folder / "masks"
-        masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-        images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
+        images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         for image_path in images:
             mask_path = masks.get(image_path.stem)
             if mask_path is None:
@@ -563,7 +559,7 @@ def prepare_nodule(source: Path, output_root: Path | None = None, *, size: int =
 
 def _sample_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if not p.name.startswith(".")
-                  and (_is_nifti(p) or p.suffix.lower() in IMAGE_SUFFIXES))
+                  and (_is_nifti(p) or p.suffix.lower() in IMAGE_EXTENSIONS))
 
 
 def load_semantic_split(split_dir: Path) -> list[dict]:

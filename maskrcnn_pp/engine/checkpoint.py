@@ -43,6 +43,7 @@ from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
+from .. import compat
 from ..utils.errors import UserError
 from ..utils.io import atomic_write_stream, atomic_write_text
 
@@ -353,7 +354,7 @@ def _check_weights_only_loadable(name: str) -> Callable[[str], None]:
     return check
 
 
-class SafeCheckpointer(DetectionCheckpointer):
+class SafeCheckpointer(compat.CheckpointerHooks, DetectionCheckpointer):
     """``DetectionCheckpointer`` with atomic saves, weights-only loading and RNG state.
 
     Drop-in for Detectron2's: ``hooks.PeriodicCheckpointer`` and
@@ -458,17 +459,17 @@ class SafeCheckpointer(DetectionCheckpointer):
             restore_rng_state(rng_state)
         return extra
 
-    def _load_file(self, filename: str) -> dict[str, Any]:
+    def read_file(self, filename: str) -> dict[str, Any]:
         return load_weights_file(filename, allow_unsafe_pickle=self.allow_unsafe_pickle,
                                  logger=self.logger)
 
-    def _load_model(self, checkpoint: dict[str, Any]):
+    def load_model_state(self, checkpoint: dict[str, Any]):
         """Rename the file's weights to the model's, check that they fit, then load them."""
         own = self.model.state_dict()
         # entries that are not arrays (an epoch count, a name) cannot be weights
         state = {key: value for key, value in checkpoint["model"].items()
                  if isinstance(value, (torch.Tensor, np.ndarray))}
-        self._convert_ndarray_to_tensor(state)
+        self.ndarrays_to_tensors(state)
         state = convert_to_detectron2_resnet(state)
         trunk = _trunk_prefix(own)
         if trunk is not None:
@@ -481,7 +482,7 @@ class SafeCheckpointer(DetectionCheckpointer):
             self._adapt_gray_stem(state, own, trunk + _STEM_WEIGHT)
         checkpoint["model"] = state
         self._check_fit(state, own, trunk or "")
-        return super()._load_model(checkpoint)
+        return super().load_model_state(checkpoint)
 
     def _adapt_gray_stem(self, state: dict[str, Any], own: dict[str, Any], key: str) -> None:
         """A one-channel model gets an RGB stem's filters summed over colour: on a gray image
@@ -537,7 +538,7 @@ class SafeCheckpointer(DetectionCheckpointer):
                                 f"{len(trunk_keys)} not in the file or of another shape "
                                 f"({_first(trunk_misfit)}); they keep their random values")
 
-    def _log_incompatible_keys(self, incompatible) -> None:
+    def log_incompatible_keys(self, incompatible) -> None:
         """``_check_fit`` has already said what did not match."""
 
 

@@ -21,6 +21,8 @@ from detectron2.engine import launch as _d2_launch
 from detectron2.engine.launch import DEFAULT_TIMEOUT
 from detectron2.utils import comm
 
+from .. import compat
+
 __all__ = ["DEFAULT_TIMEOUT", "create_ddp_model", "launch"]
 
 logger = logging.getLogger(__name__)
@@ -90,11 +92,11 @@ def _cpu_worker(local_rank: int, main_func: Callable[..., Any], world_size: int,
             first = machine * processes_per_machine
             group = dist.new_group(list(range(first, first + processes_per_machine)))
             if machine == machine_rank:
-                comm._LOCAL_PROCESS_GROUP = group
+                compat.set_local_process_group(group)
         comm.synchronize()
         main_func(*args)
     finally:
-        comm._LOCAL_PROCESS_GROUP = None
+        compat.set_local_process_group(None)
         dist.destroy_process_group()
 
 

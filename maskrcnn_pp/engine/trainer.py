@@ -18,7 +18,6 @@ from detectron2.data import (
     build_detection_test_loader,
 )
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, default_setup
-from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
@@ -48,23 +47,22 @@ class NonFiniteLossError(UserError):
     """A loss became NaN or infinite; the weights were not updated with it."""
 
 
-class _FiniteLossCheck:
+class _FiniteLossCheck(compat.LossCheckHook):
     """Stops before the optimizer step when a loss is not finite, naming loss and iteration.
 
     Detectron2 checks only the total after logging; this names the culprit, and because
-    ``_write_metrics`` runs before ``optimizer.step()`` the bad gradients are never applied.
+    the check runs before ``optimizer.step()`` the bad gradients are never applied.
     Detectron2's own divergence check (non-finite predicted boxes, raised in the forward
     pass after a finite but exploding step) is named the same way.
     """
 
-    def _write_metrics(self, loss_dict, data_time, prefix=""):
+    def check_losses(self, loss_dict) -> None:
         bad = {k: float(v.detach()) for k, v in loss_dict.items()
                if not torch.isfinite(v).all()}
         if bad:
             raise NonFiniteLossError(
                 f"non-finite loss at iteration {self.iter}: "
                 + ", ".join(f"{k}={v}" for k, v in sorted(bad.items())))
-        super()._write_metrics(loss_dict, data_time, prefix)
 
     def run_step(self):
         try:
@@ -110,7 +108,7 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg: CfgNode, *, allow_unsafe_pickle: bool = False):
-        TrainerBase.__init__(self)
+        compat.init_trainer_base(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
@@ -119,8 +117,8 @@ class Trainer(DefaultTrainer):
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, broadcast_buffers=False)
         use_amp = cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE.startswith("cuda")
-        self._trainer = (CheckedAMPTrainer if use_amp else CheckedSimpleTrainer)(
-            model, data_loader, optimizer)
+        compat.set_inner_trainer(self, (CheckedAMPTrainer if use_amp else CheckedSimpleTrainer)(
+            model, data_loader, optimizer))
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = self.build_checkpointer(cfg, model, trainer=weakref.proxy(self),
                                                     allow_unsafe_pickle=allow_unsafe_pickle)
@@ -132,7 +130,7 @@ class Trainer(DefaultTrainer):
     def train(self):
         """Detectron2's loop, without its "Exception during training" traceback before a
         :class:`UserError`, whose one line says everything."""
-        loop_logger = logging.getLogger(TrainerBase.__module__)
+        loop_logger = compat.train_loop_logger()
         loop_logger.addFilter(_hide_user_error_traceback)
         try:
             return super().train()
@@ -150,13 +148,13 @@ class Trainer(DefaultTrainer):
 
     @property
     def _sampler(self):
-        return getattr(self._trainer.data_loader, "resumable_sampler", None)
+        return getattr(compat.inner_trainer(self).data_loader, "resumable_sampler", None)
 
     def state_dict(self) -> dict:
         """Detectron2 v0.6 saves no optimizer state; resuming must restore it, and the data
         stream's seed."""
         state = super().state_dict()
-        state["_trainer"] = self._trainer.state_dict()
+        state["_trainer"] = compat.inner_trainer(self).state_dict()
         if self._sampler is not None:
             state["data_sampler"] = {"seed": self._sampler.seed}
         return state
@@ -164,7 +162,7 @@ class Trainer(DefaultTrainer):
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         if "_trainer" in state_dict:
-            self._trainer.load_state_dict(state_dict["_trainer"])
+            compat.inner_trainer(self).load_state_dict(state_dict["_trainer"])
         if "data_sampler" in state_dict and self._sampler is not None:
             self._sampler.seed = state_dict["data_sampler"]["seed"]
 
@@ -180,7 +178,7 @@ class Trainer(DefaultTrainer):
                            "resumed run draws a new data order", self.cfg.DATALOADER.SAMPLER_TRAIN)
             return
         self._sampler.skip = self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH
-        compat.restart_data_loader(self._trainer)
+        compat.restart_data_loader(compat.inner_trainer(self))
         logger.info("Data stream continues after %d samples (seed %d)", self._sampler.skip,
                     self._sampler.seed)
 

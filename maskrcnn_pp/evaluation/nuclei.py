@@ -33,6 +33,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tabulate import tabulate
 
+from ..data.coco import compressed_rle, encode_mask
 from ..data.validation import check_coco_ground_truth, check_coco_results, read_json
 from ..utils.io import atomic_write_json
 
@@ -64,20 +65,15 @@ def to_rles(instances: Instances) -> list[dict]:
     """Instance masks as compressed COCO RLEs (one per instance; empty input gives [])."""
     if isinstance(instances, np.ndarray) and instances.ndim == 2:
         labels = np.unique(instances)
-        return [_encode(instances == label) for label in labels[labels != 0]]
+        return [encode_mask(instances == label) for label in labels[labels != 0]]
     if len(instances) == 0:
         return []
     if all(isinstance(item, dict) for item in instances):
-        return [mask_util.frPyObjects(rle, *rle["size"]) if isinstance(rle["counts"], list)
-                else rle for rle in instances]
+        return [compressed_rle(rle, *rle["size"]) for rle in instances]
     masks = np.asarray(instances)
     if masks.ndim != 3:
         raise ValueError(f"expected a label image (H, W) or masks (N, H, W), got {masks.shape}")
-    return mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0) != 0, dtype=np.uint8))
-
-
-def _encode(mask: np.ndarray) -> dict:
-    return mask_util.encode(np.asfortranarray(mask, dtype=np.uint8))
+    return encode_mask(masks.transpose(1, 2, 0) != 0)
 
 
 @dataclass(frozen=True)
@@ -345,9 +341,7 @@ def _normalized_results(coco_gt: COCO, results: Any, name: str) -> list[dict]:
     normalized = []
     for result in results:
         segm = result["segmentation"]
-        if isinstance(segm["counts"], list):
-            segm = mask_util.frPyObjects(segm, *segm["size"])
-        normalized.append({**result, "segmentation": segm})
+        normalized.append({**result, "segmentation": compressed_rle(segm, *segm["size"])})
     return normalized
 
 

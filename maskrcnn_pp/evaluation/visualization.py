@@ -25,10 +25,10 @@ from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import Visualizer
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from pycocotools import mask as mask_util
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from ..data.coco import compressed_rle
 from ..data.image_io import UnreadableImageError, read_image_rgb
 from ..data.semantic import SemanticDatasetMapper
 from ..utils.errors import UserError
@@ -92,19 +92,8 @@ def dataset_dict_rles(record: dict) -> list[dict]:
 
     Segmentations may be polygons, uncompressed or compressed RLEs.
     """
-    height, width = record["height"], record["width"]
-    rles = []
-    for annotation in record.get("annotations", []):
-        if annotation.get("iscrowd"):
-            continue
-        segmentation = annotation["segmentation"]
-        if isinstance(segmentation, list):
-            rles.append(mask_util.merge(mask_util.frPyObjects(segmentation, height, width)))
-        elif isinstance(segmentation["counts"], list):
-            rles.append(mask_util.frPyObjects(segmentation, height, width))
-        else:
-            rles.append(segmentation)
-    return rles
+    return [compressed_rle(annotation["segmentation"], record["height"], record["width"])
+            for annotation in record.get("annotations", []) if not annotation.get("iscrowd")]
 
 
 def format_scores_title(file_name: str, metrics: dict[str, Any], score_thresh: float) -> str:

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
-from detectron2.layers.mask_ops import _do_paste_mask
 from detectron2.structures import Instances
-from pycocotools import mask as mask_util
 from tqdm import tqdm
 
+from .. import compat
+from ..data.coco import compressed_rle, rle_as_text
 from ..data.image_io import Intensity, array_to_rgb8, to_format
 from .tiling import Detection, check_tiling, merge_tiles, tile_detections, tile_windows
 
@@ -46,10 +46,8 @@ def crop_rle(top: int, left: int, mask: np.ndarray, height: int, width: int) -> 
     counts = np.diff(np.concatenate([[0], bounds, [height * width]]))
     if counts[-1] == 0:     # a mask that ends at the last pixel has no trailing background
         counts = counts[:-1]
-    rle = mask_util.frPyObjects({"counts": counts.tolist(), "size": [height, width]},
-                                height, width)
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
+    return rle_as_text(compressed_rle({"counts": counts.tolist(), "size": [height, width]},
+                                      height, width))
 
 
 @dataclass
@@ -130,7 +128,7 @@ class PastedMasks:
     their boxes only where read (``masks[k, rows, cols]``).
 
     Each read runs what Detectron2's ``paste_masks_in_image`` runs for one box on the CPU
-    (``_do_paste_mask`` over the box's region, then ``>= threshold``), so the masks are the
+    (Detectron2's pasting over the box's region, then ``>= threshold``), so the masks are the
     same, but a tile's masks cost their boxes' area instead of N full tiles.
     """
 
@@ -148,9 +146,8 @@ class PastedMasks:
         rows = range(*rows.indices(self.shape[1]))
         cols = range(*cols.indices(self.shape[2]))
         out = np.zeros((len(rows), len(cols)), bool)
-        pasted, (box_rows, box_cols) = _do_paste_mask(
-            self.probabilities[k:k + 1, None], self.boxes[k:k + 1], *self.shape[1:],
-            skip_empty=True)
+        pasted, (box_rows, box_cols) = compat.paste_mask_in_box(
+            self.probabilities[k:k + 1, None], self.boxes[k:k + 1], *self.shape[1:])
         top, bottom = max(rows.start, box_rows.start), min(rows.stop, box_rows.stop)
         left, right = max(cols.start, box_cols.start), min(cols.stop, box_cols.stop)
         if top < bottom and left < right:

@@ -24,7 +24,8 @@ from ..data.image_io import Intensity, array_to_rgb8, normalize_intensity, to_fo
 from ..data.semantic import semantic_network_input
 from ..evaluation.semantic import foreground
 from ..utils.errors import UserError
-from .tiling import check_tiling, tile_starts
+from ..utils.tiles import tile_starts
+from .tiling import check_tiling
 
 __all__ = ["SemanticModelFn", "SemanticResult", "SemanticPredictor", "SemanticModelRunner"]
 
@@ -127,7 +128,7 @@ class SemanticPredictor:
     def _windows(self, shape: tuple[int, ...]) -> list[tuple[slice, ...]]:
         if self.tile_size is None:
             return [tuple(slice(0, n) for n in shape)]
-        starts = [tile_starts(n, self.tile_size, self.tile_overlap) for n in shape]
+        starts = [tile_starts(n, self.tile_size, self.tile_size - self.tile_overlap) for n in shape]
         return [tuple(slice(s, min(s + self.tile_size, n)) for s, n in zip(origin, shape))
                 for origin in itertools.product(*starts)]
 

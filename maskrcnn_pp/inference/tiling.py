@@ -29,8 +29,9 @@ import torch
 from detectron2.structures import Instances
 
 from ..utils.errors import UserError
+from ..utils.tiles import tile_starts
 
-__all__ = ["Window", "check_tiling", "tile_starts", "tile_windows", "Detection",
+__all__ = ["Window", "check_tiling", "tile_windows", "Detection",
            "tile_detections", "merge_tiles"]
 
 # Mask pixels may lie this far outside their predicted box (Detectron2 pastes masks by
@@ -50,13 +51,6 @@ class Window:
     right: int
 
 
-def tile_starts(length: int, tile_size: int, overlap: int) -> list[int]:
-    """Tile origins along one axis; the last tile is aligned to the end."""
-    if length <= tile_size:
-        return [0]
-    return [*range(0, length - tile_size, tile_size - overlap), length - tile_size]
-
-
 def check_tiling(tile_size: int, overlap: int) -> None:
     """:class:`UserError` unless ``tile_size > 0`` and ``0 <= overlap < tile_size``."""
     if tile_size <= 0 or not 0 <= overlap < tile_size:
@@ -69,8 +63,8 @@ def tile_windows(height: int, width: int, tile_size: int, overlap: int) -> list[
     pixels; one window (the image) when it is not larger than a tile."""
     check_tiling(tile_size, overlap)
     return [Window(top, left, min(top + tile_size, height), min(left + tile_size, width))
-            for top in tile_starts(height, tile_size, overlap)
-            for left in tile_starts(width, tile_size, overlap)]
+            for top in tile_starts(height, tile_size, tile_size - overlap)
+            for left in tile_starts(width, tile_size, tile_size - overlap)]
 
 
 @dataclass

@@ -75,12 +75,12 @@ class UNetPPNeck(Backbone):
                 nn.init.zeros_(conv.bias)
 
         stage = int(math.log2(strides[-1]))
-        self._out_feature_strides = {f"p{int(math.log2(s))}": s for s in strides}
+        self.out_feature_strides = {f"p{int(math.log2(s))}": s for s in strides}
         if top_block is not None:
             for s in range(stage, stage + top_block.num_levels):
-                self._out_feature_strides[f"p{s + 1}"] = 2 ** (s + 1)
-        self._out_features = list(self._out_feature_strides)
-        self._out_feature_channels = {k: out_channels for k in self._out_features}
+                self.out_feature_strides[f"p{s + 1}"] = 2 ** (s + 1)
+        self.out_features = list(self.out_feature_strides)
+        self.out_feature_channels = {k: out_channels for k in self.out_features}
         self._size_divisibility = strides[-1]
 
     @property
@@ -100,12 +100,12 @@ class UNetPPNeck(Backbone):
         results = [conv(values[node]) for conv, node in zip(self.output_convs, nodes)]
         if self.top_block is not None:
             results.extend(self.top_block(results[-1]))
-        return dict(zip(self._out_features, results))
+        return dict(zip(self.out_features, results))
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
-        return {name: ShapeSpec(channels=self._out_feature_channels[name],
-                                stride=self._out_feature_strides[name])
-                for name in self._out_features}
+        return {name: ShapeSpec(channels=self.out_feature_channels[name],
+                                stride=self.out_feature_strides[name])
+                for name in self.out_features}
 
 
 @BACKBONE_REGISTRY.register()

@@ -44,7 +44,7 @@ gpu-check:
 	@nvidia-smi -L >/dev/null 2>&1 || { echo "gpu-check: no NVIDIA GPU here (nvidia-smi -L failed); run it on a machine with one" >&2; exit 2; }
 	@$(MAKE) --no-print-directory setup
 	@$(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: torch ' + torch.__version__ + ' sees no CUDA device (a CPU-only build? see TORCH_SPEC)')"
-	timeout 300 $(PY) -m pytest -m cuda tests/test_cuda.py -q -rs -p no:cacheprovider
+	timeout 300 $(PY) -m pytest -m cuda tests/tools/test_cuda.py -q -rs -p no:cacheprovider
 	timeout 150 $(PY) tools/benchmark.py --group throughput --device cuda --repeats 10 --doc docs/benchmarks.md
 
 clean:

@@ -25,7 +25,7 @@ from maskrcnn_pp.studies.study import (
     summarize,
 )
 from maskrcnn_pp.utils.errors import UserError
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 QUICK = ROOT / "configs" / "quick_schedules"
 STUDY = ROOT / "tools" / "study.py"

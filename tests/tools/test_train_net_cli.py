@@ -8,7 +8,7 @@ import pytest
 
 from maskrcnn_pp.engine.trainer import load_config
 from maskrcnn_pp.utils.errors import UserError
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 QUICK_PP = str(ROOT / "configs" / "quick_schedules" / "mask_rcnn_pp_synthetic.yaml")
 

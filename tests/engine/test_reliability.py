@@ -22,7 +22,7 @@ from maskrcnn_pp.engine.trainer import (
     Trainer,
     load_config,
 )
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 QUICK_PP = str(ROOT / "configs" / "quick_schedules" / "mask_rcnn_pp_synthetic.yaml")
 TINY = ["SOLVER.IMS_PER_BATCH", "1", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN",

@@ -23,7 +23,7 @@ from maskrcnn_pp.evaluation.visualization import (
 )
 from maskrcnn_pp.inference import load_predictor
 from maskrcnn_pp.utils.errors import UserError
-from tests.conftest import ROOT, run_script_main
+from tests.helpers import ROOT, run_script_main
 
 QUICK_PP = str(ROOT / "configs" / "quick_schedules" / "mask_rcnn_pp_synthetic.yaml")
 VISUALIZE = str(ROOT / "tools" / "visualize.py")

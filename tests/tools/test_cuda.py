@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from maskrcnn_pp.engine.trainer import CheckedAMPTrainer, Trainer, load_config
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(
     not torch.cuda.is_available(),

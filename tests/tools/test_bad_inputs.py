@@ -38,7 +38,7 @@ import tifffile
 import torch
 from pycocotools import mask as mask_util
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 QUICK_PP = ROOT / "configs" / "quick_schedules" / "mask_rcnn_pp_synthetic.yaml"
 SEMANTIC_2D = ROOT / "configs" / "quick_schedules" / "semantic_2d_quick.yaml"
@@ -767,7 +767,7 @@ def _run_child(request: dict) -> None:
 class ForkServer:
     def __init__(self, env: dict):
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from tests.test_bad_inputs import serve; serve()"],
+            [sys.executable, "-c", "from tests.tools.test_bad_inputs import serve; serve()"],
             cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout.readline().strip() == "ready"
 

@@ -19,7 +19,7 @@ from pycocotools import mask as mask_util
 from maskrcnn_pp.data import register_nuclei_coco
 from maskrcnn_pp.engine.trainer import Trainer, load_config
 from maskrcnn_pp.evaluation.nuclei import NucleiEvaluator
-from tests.conftest import ROOT, run_script_main
+from tests.helpers import ROOT, run_script_main
 
 PREPARE = ROOT / "datasets" / "prepare_instances.py"
 QUICK_PP = str(ROOT / "configs" / "quick_schedules" / "mask_rcnn_pp_synthetic.yaml")

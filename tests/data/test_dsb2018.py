@@ -19,9 +19,9 @@ from pycocotools import mask as mask_util
 from maskrcnn_pp.data.coco import DatasetNotPreparedError, register_coco_instances_lazy
 from maskrcnn_pp.data.dsb2018 import convert_dsb2018, register_dsb2018
 from maskrcnn_pp.utils.errors import UserError
+from tests.helpers import ROOT
 
-REPO = Path(__file__).resolve().parents[1]
-PREPARE = REPO / "datasets" / "prepare_dsb2018.py"
+PREPARE = ROOT / "datasets" / "prepare_dsb2018.py"
 
 # Real images chosen to cover what the converter must handle: overlapping masks (the first
 # two), one-nucleus images, colour (af576e8e), and every non-square / large size.
@@ -269,7 +269,7 @@ def test_bad_input_is_skipped_and_reported(bad_src, tmp_path):
 
 def _run_prepare(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(PREPARE), *args], capture_output=True,
-                          text=True, cwd=REPO, timeout=300)
+                          text=True, cwd=ROOT, timeout=300)
 
 
 def test_cli_names_bad_files_and_exits_zero(bad_src, tmp_path):

@@ -23,7 +23,7 @@ from maskrcnn_pp.inference.export import (
 )
 from maskrcnn_pp.inference.instance import DetectronModelRunner
 from maskrcnn_pp.utils.errors import UserError
-from tests.conftest import ROOT, run_script_main
+from tests.helpers import ROOT, run_script_main
 
 QUICK = ROOT / "configs" / "quick_schedules"
 EXPORT_TOOL = ROOT / "tools" / "export_model.py"

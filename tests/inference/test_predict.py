@@ -32,7 +32,7 @@ from maskrcnn_pp.inference.batch import (
     split_config_overrides,
 )
 from maskrcnn_pp.utils.errors import UserError
-from tests.conftest import ROOT, run_script_main
+from tests.helpers import ROOT, run_script_main
 
 QUICK_PP = str(ROOT / "configs" / "quick_schedules" / "mask_rcnn_pp_synthetic.yaml")
 PREDICT = str(ROOT / "tools" / "predict.py")

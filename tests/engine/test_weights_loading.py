@@ -26,8 +26,7 @@ from maskrcnn_pp.engine.checkpoint import (
 )
 from maskrcnn_pp.engine.trainer import Trainer, load_config
 from maskrcnn_pp.utils.errors import UserError
-from tests.conftest import ROOT, run_script_main
-from tests.test_mask_rcnn_pp import flatten_config
+from tests.helpers import ROOT, flatten_config, run_script_main
 
 QUICK = ROOT / "configs" / "quick_schedules"
 QUICK_PP = str(QUICK / "mask_rcnn_pp_synthetic.yaml")

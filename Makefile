@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: setup test demo lint clean gpu-check
+.PHONY: setup test test-fast demo lint clean gpu-check
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,10 @@ $(VENV)/.installed: setup.py $(VENV)/.detectron2
 
 test: setup
 	$(PY) -m pytest
+
+# The quick loop (under 2 minutes on a 2-core CPU): no end-to-end (`slow`) or GPU (`cuda`) tests.
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not cuda"
 
 demo: setup
 	$(PY) tools/demo.py --output output/demo $(ARGS)

@@ -272,6 +272,7 @@ def _run_prepare(*args: str) -> subprocess.CompletedProcess:
                           text=True, cwd=ROOT, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_names_bad_files_and_exits_zero(bad_src, tmp_path):
     result = _run_prepare(str(bad_src), str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
@@ -283,6 +284,7 @@ def test_cli_names_bad_files_and_exits_zero(bad_src, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_strict_fails_without_annotations(bad_src, tmp_path):
     out = tmp_path / "out"
     result = _run_prepare(str(bad_src), str(out), "--strict")

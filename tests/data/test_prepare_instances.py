@@ -187,6 +187,7 @@ def test_register_nuclei_coco_sets_what_the_evaluators_need(tmp_path, capsys):
         MetadataCatalog.remove("my_cells_val")
 
 
+@pytest.mark.slow
 def test_prepared_label_images_train_through_train_net_by_name(tmp_path, capsys):
     datasets = tmp_path / "datasets"
     src = _training_src(tmp_path / "src")

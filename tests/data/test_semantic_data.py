@@ -306,6 +306,7 @@ def _cli_main(script: str):
     return runpy.run_path(str(ROOT / "datasets" / script), run_name="cli")["main"]
 
 
+@pytest.mark.slow
 def test_prepare_cli_user_error_exits_2_with_one_line(tmp_path):
     # fvcore warns about torch.jit.script on import; that line is not this CLI's output.
     result = subprocess.run(

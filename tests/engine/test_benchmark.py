@@ -1,5 +1,9 @@
 """The benchmark machinery runs (tiny sizes); the timings themselves live in docs/."""
+import pytest
+
 from maskrcnn_pp.engine import benchmark
+
+pytestmark = pytest.mark.slow  # every test here times real models
 
 
 def test_semantic_group_rows_ratios_and_table():

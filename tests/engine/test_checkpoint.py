@@ -256,6 +256,7 @@ _KILLED_SAVE_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_during_save_keeps_previous_checkpoint_and_resume_uses_it(tmp_path):
     script = tmp_path / "killed_save.py"
     script.write_text(_KILLED_SAVE_SCRIPT)

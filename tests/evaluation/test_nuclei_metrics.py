@@ -298,6 +298,7 @@ def _instances_from_coco(coco, image_id: int) -> Instances:
     return instances
 
 
+@pytest.mark.slow
 def test_evaluator_on_registered_real_set(real_coco, tmp_path):
     name = "dsb2018_test_evaluator"
     register_coco_instances_lazy(name, real_coco, real_coco.parent.parent / "images",

@@ -871,6 +871,7 @@ def test_the_table_covers_every_tool_and_the_issue():
     assert {case.tool for case in CASES if case.fresh} == tools
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_bad_input_is_one_line_exit_2(case, results, inputs):
     result = results[case.id]
@@ -888,6 +889,7 @@ def test_bad_input_is_one_line_exit_2(case, results, inputs):
     assert _text(case.names, inputs, result.work) in error
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [c for c in CASES if c.absent], ids=lambda c: c.id)
 def test_bad_input_leaves_no_valid_looking_output(case, results):
     work = results[case.id].work

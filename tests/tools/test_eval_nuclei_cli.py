@@ -91,6 +91,7 @@ def runs(inputs) -> dict[str, subprocess.CompletedProcess]:
     return done
 
 
+@pytest.mark.slow
 def test_table_and_json(runs, inputs):
     result = runs["ok"]
     assert result.returncode == 0, result.stderr
@@ -103,6 +104,7 @@ def test_table_and_json(runs, inputs):
     assert not list(inputs["gt"].parent.glob(".o.json.*"))   # no temporary file left behind
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [c for c in SUBPROCESS_CASES if CASES[c][1]])
 def test_bad_input_one_line_exit_2(runs, case):
     result = runs[case]

@@ -44,6 +44,7 @@ def test_public_names():
     assert {"add_maskrcnn_pp_config", "get_config_file"} <= set(maskrcnn_pp.__all__)
 
 
+@pytest.mark.slow
 def test_wheel_ships_the_configs_inside_the_package(tmp_path):
     source = tmp_path / "src"  # a copy, so the build leaves nothing in the checkout
     source.mkdir()

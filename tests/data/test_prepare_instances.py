@@ -206,6 +206,7 @@ def test_prepared_label_images_train_through_train_net_by_name(tmp_path, capsys)
     assert (out / "inference" / "cells_val").is_dir()
 
 
+@pytest.mark.slow
 def test_real_dsb2018_masks_as_label_images_match_the_dsb_converter(dsb2018_root, tmp_path,
                                                                     capsys):
     """Label images built from DSB2018's per-nucleus PNGs convert to the same RLE masks as

@@ -135,6 +135,7 @@ def test_nodule_crops_windowed_padded_and_checked(tmp_path):
 
 # ---------------------------------------------------------------- real data
 
+@pytest.mark.slow
 def test_nuclei_patches_reassemble_to_the_union_of_masks(tmp_path, dsb2018_root):
     folders = sorted(p for p in dsb2018_root.iterdir() if p.is_dir())[:3]
     source = tmp_path / "stage1_train"
@@ -165,6 +166,7 @@ def test_nuclei_patches_reassemble_to_the_union_of_masks(tmp_path, dsb2018_root)
     assert report["samples"]["val"] > 0 and report["samples"]["train"] > 0
 
 
+@pytest.mark.slow
 def test_nuclei_patches_from_an_archive(tmp_path, dsb2018_root):
     folder = sorted(p for p in dsb2018_root.iterdir() if p.is_dir())[0]
     archive = tmp_path / "small.tar.gz"

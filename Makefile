@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: setup test demo lint clean gpu-check
+.PHONY: setup test test-fast demo lint clean gpu-check
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,10 @@ $(VENV)/.installed: setup.py $(VENV)/.detectron2
 test: setup
 	$(PY) -m pytest
 
+# The quick loop (under 2 minutes on a 2-core CPU): no end-to-end (`slow`) or GPU (`cuda`) tests.
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not cuda"
+
 demo: setup
 	$(PY) tools/demo.py --output output/demo $(ARGS)
 
@@ -44,7 +48,7 @@ gpu-check:
 	@nvidia-smi -L >/dev/null 2>&1 || { echo "gpu-check: no NVIDIA GPU here (nvidia-smi -L failed); run it on a machine with one" >&2; exit 2; }
 	@$(MAKE) --no-print-directory setup
 	@$(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: torch ' + torch.__version__ + ' sees no CUDA device (a CPU-only build? see TORCH_SPEC)')"
-	timeout 300 $(PY) -m pytest -m cuda tests/test_cuda.py -q -rs -p no:cacheprovider
+	timeout 300 $(PY) -m pytest -m cuda tests/tools/test_cuda.py -q -rs -p no:cacheprovider
 	timeout 150 $(PY) tools/benchmark.py --group throughput --device cuda --repeats 10 --doc docs/benchmarks.md
 
 clean:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import runpy
 import shutil
 import tarfile
 import tempfile
@@ -11,7 +10,6 @@ from pathlib import Path
 import pytest
 
 DATA_ENV = "MASKRCNN_PP_DATA"
-ROOT = Path(__file__).resolve().parents[1]
 _DATASETS_TMP = None
 
 
@@ -68,15 +66,3 @@ def kvasir_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def clinicdb_root(tmp_path_factory) -> Path:
     return _extract_once(tmp_path_factory, "cvc_clinicdb_256.tar.gz") / "CVC-ClinicDB"
-
-
-def run_script_main(script, capsys, *args):
-    """Run a CLI script's ``main(argv)`` in this process (fast); returns (exit code, captured
-    stdout/stderr)."""
-    main = runpy.run_path(str(script))["main"]
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exit:
-        code = exit.code
-    return code, capsys.readouterr()

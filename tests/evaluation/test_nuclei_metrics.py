@@ -263,6 +263,7 @@ def _gt_as_results(json_file: Path) -> list[dict]:
              "segmentation": a["segmentation"], "score": 1.0} for a in data["annotations"]]
 
 
+@pytest.mark.slow
 def test_ground_truth_scored_as_predictions_is_perfect(real_coco):
     metrics = evaluate_coco_results(load_coco_ground_truth(real_coco), _gt_as_results(real_coco))
     assert [metrics[k] for k in ("dsb_map", "aji", "dice", "iou", "f1_50")] == [1.0] * 5
@@ -271,6 +272,7 @@ def test_ground_truth_scored_as_predictions_is_perfect(real_coco):
     assert all(m["num_pred"] == m["num_gt"] for m in metrics["per_image"])
 
 
+@pytest.mark.slow
 def test_intersections_are_exact_on_real_overlapping_masks(real_coco):
     coco = load_coco_ground_truth(real_coco)
     image_id = next(i for i, im in coco.imgs.items() if im["file_name"] == f"{REAL_IDS[0]}.png")
@@ -298,6 +300,7 @@ def _instances_from_coco(coco, image_id: int) -> Instances:
     return instances
 
 
+@pytest.mark.slow
 def test_evaluator_on_registered_real_set(real_coco, tmp_path):
     name = "dsb2018_test_evaluator"
     register_coco_instances_lazy(name, real_coco, real_coco.parent.parent / "images",

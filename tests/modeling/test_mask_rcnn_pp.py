@@ -12,7 +12,7 @@ from detectron2.utils.events import EventStorage
 import maskrcnn_pp  # noqa: F401  (registers)
 from maskrcnn_pp.engine.trainer import load_config
 from maskrcnn_pp.modeling.mask_head import UNetPPMaskHead
-from tests.conftest import ROOT
+from tests.helpers import ROOT, flatten_config
 
 QUICK = ROOT / "configs" / "quick_schedules"
 
@@ -113,16 +113,6 @@ def test_one_training_iteration_and_inference(name):
     inst = out["instances"]
     assert inst.pred_masks.shape[1:] == (128, 128)
     assert len(inst) <= cfg.TEST.DETECTIONS_PER_IMAGE
-
-
-def flatten_config(node, prefix=""):
-    items = {}
-    for key, value in node.items():
-        if hasattr(value, "items"):
-            items.update(flatten_config(value, f"{prefix}{key}."))
-        else:
-            items[f"{prefix}{key}"] = value
-    return items
 
 
 @pytest.mark.parametrize("pair", [("mask_rcnn_pp", "mask_rcnn_baseline"),

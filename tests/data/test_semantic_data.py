@@ -28,49 +28,7 @@ from maskrcnn_pp.data.semantic import (
     register_semantic_datasets,
 )
 from maskrcnn_pp.utils.errors import UserError
-
-REPO = Path(__file__).resolve().parents[1]
-LIVER_HU, TUMOUR_HU, BODY_HU, AIR_HU = 60, 20, 40, -1000
-
-
-def liver_phantom(shape=(64, 64, 8)) -> tuple[np.ndarray, np.ndarray]:
-    """CT-like HU volume (x, y, z in RAS+) and its LiTS labels: a body ellipse, a liver on
-    the patient's right (large x) and front (large y), a tumour inside, and no liver on
-    the first and last slices."""
-    x, y = np.mgrid[:shape[0], :shape[1]]
-    body = ((x - 32) / 28) ** 2 + ((y - 32) / 22) ** 2 < 1
-    liver = ((x - 44) / 12) ** 2 + ((y - 40) / 9) ** 2 < 1
-    tumour = ((x - 46) / 3) ** 2 + ((y - 40) / 3) ** 2 < 1
-    hu = np.full(shape, AIR_HU, np.int16)
-    seg = np.zeros(shape, np.uint8)
-    for z in range(shape[2]):
-        hu[body, z] = BODY_HU
-        if 0 < z < shape[2] - 1:
-            hu[liver, z], seg[liver, z] = LIVER_HU, 1
-            hu[tumour, z], seg[tumour, z] = TUMOUR_HU, 2
-    return hu, seg
-
-
-def write_lits(folder: Path, number: int, hu: np.ndarray, seg: np.ndarray,
-               affine: np.ndarray | None = None, suffix: str = ".nii.gz") -> None:
-    affine = np.diag([0.8, 0.8, 2.5, 1.0]) if affine is None else affine
-    folder.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(hu, affine), str(folder / f"volume-{number}{suffix}"))
-    nib.save(nib.Nifti1Image(seg, affine), str(folder / f"segmentation-{number}{suffix}"))
-
-
-def nodule_phantom(size: int = 32, radius: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
-    """Lung-like HU crop with a spherical nodule at its centre, and the nodule's label."""
-    grid = np.indices((size,) * 3) - (size - 1) / 2
-    sphere = (grid ** 2).sum(axis=0) <= radius ** 2
-    hu = np.where(sphere, 50, -800).astype(np.int16)
-    return hu, sphere.astype(np.uint8)
-
-
-def write_nodule(folder: Path, name: str, hu: np.ndarray, label: np.ndarray) -> None:
-    for kind, array in (("images", hu), ("labels", label)):
-        (folder / kind).mkdir(parents=True, exist_ok=True)
-        nib.save(nib.Nifti1Image(array, np.eye(4)), str(folder / kind / f"{name}.nii.gz"))
+from tests.helpers import ROOT, liver_phantom, nodule_phantom, write_lits, write_nodule
 
 
 def read_png(path: Path) -> np.ndarray:
@@ -177,6 +135,7 @@ def test_nodule_crops_windowed_padded_and_checked(tmp_path):
 
 # ---------------------------------------------------------------- real data
 
+@pytest.mark.slow
 def test_nuclei_patches_reassemble_to_the_union_of_masks(tmp_path, dsb2018_root):
     folders = sorted(p for p in dsb2018_root.iterdir() if p.is_dir())[:3]
     source = tmp_path / "stage1_train"
@@ -207,6 +166,7 @@ def test_nuclei_patches_reassemble_to_the_union_of_masks(tmp_path, dsb2018_root)
     assert report["samples"]["val"] > 0 and report["samples"]["train"] > 0
 
 
+@pytest.mark.slow
 def test_nuclei_patches_from_an_archive(tmp_path, dsb2018_root):
     folder = sorted(p for p in dsb2018_root.iterdir() if p.is_dir())[0]
     archive = tmp_path / "small.tar.gz"
@@ -345,15 +305,16 @@ def test_mapper_rejects_bad_labels(tmp_path):
 
 def _cli_main(script: str):
     """``main`` of a datasets/ script, loaded in this process (fast: no second import)."""
-    return runpy.run_path(str(REPO / "datasets" / script), run_name="cli")["main"]
+    return runpy.run_path(str(ROOT / "datasets" / script), run_name="cli")["main"]
 
 
+@pytest.mark.slow
 def test_prepare_cli_user_error_exits_2_with_one_line(tmp_path):
     # fvcore warns about torch.jit.script on import; that line is not this CLI's output.
     result = subprocess.run(
-        [sys.executable, "-W", "ignore::FutureWarning", str(REPO / "datasets/prepare_liver.py"),
+        [sys.executable, "-W", "ignore::FutureWarning", str(ROOT / "datasets/prepare_liver.py"),
          "--source", str(tmp_path / "missing"), "--output", str(tmp_path / "out")],
-        capture_output=True, text=True, cwd=REPO, timeout=120)
+        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"error: source {tmp_path / 'missing'} does not exist (expected a folder or archive "

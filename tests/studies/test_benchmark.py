@@ -1,5 +1,9 @@
 """The benchmark machinery runs (tiny sizes); the timings themselves live in docs/."""
+import pytest
+
 from maskrcnn_pp.studies import benchmark
+
+pytestmark = pytest.mark.slow  # every test here times real models
 
 
 def test_semantic_group_rows_ratios_and_table():
@@ -21,7 +25,7 @@ def test_peak_memory_is_measured_in_a_fresh_process():
 
 
 def test_export_groups_time_eager_torchscript_and_onnx_side_by_side(tmp_path):
-    from tests.conftest import ROOT
+    from tests.helpers import ROOT
 
     config = str(ROOT / "configs" / "quick_schedules" / "semantic_2d_quick.yaml")
     groups = benchmark._semantic_export_groups(config, str(tmp_path), size=32, batch=1)

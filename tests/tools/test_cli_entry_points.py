@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def _console_scripts() -> dict[str, EntryPoint]:
@@ -29,7 +29,7 @@ def _wrapped_module(script: Path) -> str:
 
 def test_every_tool_script_has_a_console_command_for_the_same_main():
     scripts = _console_scripts()
-    wrapped = {_wrapped_module(p) for p in (REPO / "tools").glob("*.py")
+    wrapped = {_wrapped_module(p) for p in (ROOT / "tools").glob("*.py")
                if p.name != "install_detectron2.py"}  # runs before detectron2 exists
     assert {ep.module for ep in scripts.values()} == wrapped
     for name, ep in scripts.items():
@@ -37,6 +37,7 @@ def test_every_tool_script_has_a_console_command_for_the_same_main():
         assert callable(ep.load())
 
 
+@pytest.mark.slow
 def test_a_console_command_reports_a_user_mistake_in_one_line(tmp_path):
     command = Path(sys.executable).parent / "maskrcnn-pp-eval-nuclei"
     if not command.exists():

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_util
 
-REPO = Path(__file__).resolve().parents[1]
-EVAL = REPO / "tools" / "eval_nuclei.py"
+from tests.helpers import ROOT
+
+EVAL = ROOT / "tools" / "eval_nuclei.py"
 SHAPE = (32, 32)
 
 
@@ -81,7 +82,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 def runs(inputs) -> dict[str, subprocess.CompletedProcess]:
     """The subprocess cases, started together so their imports overlap."""
     procs = {name: subprocess.Popen(
-        [sys.executable, str(EVAL), *map(str, CASES[name][0](inputs))], cwd=REPO,
+        [sys.executable, str(EVAL), *map(str, CASES[name][0](inputs))], cwd=ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in SUBPROCESS_CASES}
     done = {}
     for name, proc in procs.items():
@@ -90,6 +91,7 @@ def runs(inputs) -> dict[str, subprocess.CompletedProcess]:
     return done
 
 
+@pytest.mark.slow
 def test_table_and_json(runs, inputs):
     result = runs["ok"]
     assert result.returncode == 0, result.stderr
@@ -102,6 +104,7 @@ def test_table_and_json(runs, inputs):
     assert not list(inputs["gt"].parent.glob(".o.json.*"))   # no temporary file left behind
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [c for c in SUBPROCESS_CASES if CASES[c][1]])
 def test_bad_input_one_line_exit_2(runs, case):
     result = runs[case]

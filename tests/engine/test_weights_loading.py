@@ -26,8 +26,7 @@ from maskrcnn_pp.engine.checkpoint import (
 )
 from maskrcnn_pp.engine.trainer import Trainer, load_config
 from maskrcnn_pp.utils.errors import UserError
-from tests.conftest import ROOT, run_script_main
-from tests.test_mask_rcnn_pp import flatten_config
+from tests.helpers import ROOT, flatten_config, run_script_main
 
 QUICK = ROOT / "configs" / "quick_schedules"
 QUICK_PP = str(QUICK / "mask_rcnn_pp_synthetic.yaml")
@@ -137,6 +136,7 @@ def _synthetic_msra_pkl(path) -> dict[str, np.ndarray]:
     return arrays
 
 
+@pytest.mark.slow
 def test_msra_pkl_trains_through_train_net_without_a_flag(tmp_path):
     arrays = _synthetic_msra_pkl(tmp_path / "R-50.pkl")
     out = tmp_path / "run"
@@ -203,6 +203,7 @@ def test_inference_refuses_weights_of_the_other_model(baseline_weights):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_inference_names_wrong_shapes_and_resume_is_strict_too(baseline_weights, tmp_path):
     model = Trainer.build_model(load_config(QUICK_BASELINE, ["MODEL.ROI_HEADS.NUM_CLASSES", "3"]))
     with pytest.raises(MismatchedCheckpointError, match=r"have another shape \(roi_heads\.box_"
@@ -274,6 +275,7 @@ def test_torchvision_configs_are_twins_with_rgb_input():
     assert pp["MODEL.PIXEL_STD"] == pytest.approx([255 * s for s in (0.229, 0.224, 0.225)])
 
 
+@pytest.mark.slow
 def test_convert_weights_writes_a_weights_only_checkpoint_once(tmp_path, capsys):
     net = _random_torchvision_resnet(18)
     torch.save({"model": net.state_dict()}, tmp_path / "tv.pth")
@@ -341,6 +343,7 @@ def _train_net(*args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
+@pytest.mark.slow
 def test_torchvision_checkpoint_trains_through_train_net_and_only_the_flag_unpickles(tmp_path):
     net = _random_torchvision_resnet(18)
     # a training checkpoint whose extra entry needs full unpickling (a datetime.date)
@@ -362,6 +365,7 @@ def test_torchvision_checkpoint_trains_through_train_net_and_only_the_flag_unpic
                        net.layer4[1].bn2.running_var)
 
 
+@pytest.mark.slow
 def test_eval_only_refuses_the_baseline_weights_for_the_pp_config(baseline_weights, tmp_path):
     proc = _train_net("--config-file", QUICK_PP, "--eval-only", "MODEL.WEIGHTS",
                       str(baseline_weights), "OUTPUT_DIR", str(tmp_path / "eval"))

@@ -22,7 +22,7 @@ from maskrcnn_pp.engine.trainer import (
     Trainer,
     load_config,
 )
-from tests.conftest import ROOT
+from tests.helpers import ROOT, liver_phantom, write_lits
 
 QUICK_PP = str(ROOT / "configs" / "quick_schedules" / "mask_rcnn_pp_synthetic.yaml")
 TINY = ["SOLVER.IMS_PER_BATCH", "1", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN",
@@ -36,6 +36,7 @@ def _train_cmd(out, max_iter, *extra):
             "OUTPUT_DIR", str(out)]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_continues_from_last_complete_checkpoint(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -131,6 +132,7 @@ def _train_two_ranks(out_dir):
         json.dump(losses, f)
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_in_lockstep(tmp_path):
     launch(_train_two_ranks, 2, dist_url="auto", args=(str(tmp_path),))
     w0 = torch.load(tmp_path / "weights_rank0.pt", weights_only=True)
@@ -149,7 +151,6 @@ def test_resumed_run_sees_the_batches_and_ends_with_the_weights_of_an_uninterrup
     """Detectron2's own sampler would replay the first batches of a new random order after
     --resume; here the stream continues, metrics.json loses the records a killed run wrote
     after its checkpoint, and the result is that of a run never stopped."""
-    from test_semantic_data import liver_phantom, write_lits
 
     from maskrcnn_pp.data.semantic import prepare_liver
     from maskrcnn_pp.modeling.semantic_arch import SemanticUNetPP

@@ -8,7 +8,7 @@ import pytest
 
 from maskrcnn_pp.engine.trainer import load_config
 from maskrcnn_pp.utils.errors import UserError
-from tests.conftest import ROOT
+from tests.helpers import ROOT, liver_phantom, write_lits
 
 QUICK_PP = str(ROOT / "configs" / "quick_schedules" / "mask_rcnn_pp_synthetic.yaml")
 
@@ -19,6 +19,7 @@ def train_net(*args, timeout=600):
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
+@pytest.mark.slow
 def test_unknown_config_key_is_one_line_exit_2_no_traceback():
     proc = train_net("--config-file", QUICK_PP, "SOLVER.NOT_A_KEY", "3")
     assert proc.returncode == 2
@@ -35,6 +36,7 @@ def test_bad_overrides_name_the_key(opts, message):
         load_config(QUICK_PP, opts)
 
 
+@pytest.mark.slow
 def test_missing_files_are_named(tmp_path):
     with pytest.raises(UserError, match="config file .*nope.yaml does not exist"):
         load_config(str(tmp_path / "nope.yaml"))
@@ -53,6 +55,7 @@ def test_yaml_that_would_run_code_is_refused(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_train_then_evaluate_quick_config(tmp_path):
     out = tmp_path / "run"
     proc = train_net("--config-file", QUICK_PP, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD",
@@ -73,8 +76,8 @@ def test_train_then_evaluate_quick_config(tmp_path):
     assert "copypaste: Task: segm" in evaluated.stdout + evaluated.stderr
 
 
+@pytest.mark.slow
 def test_semantic_unetpp_trains_and_reports_each_pruning_level(tmp_path):
-    from test_semantic_data import liver_phantom, write_lits
 
     from maskrcnn_pp.data.semantic import prepare_liver
 

@@ -14,8 +14,6 @@ from detectron2.config import get_cfg
 from detectron2.engine import SimpleTrainer
 from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
-from test_mask_rcnn_pp import flatten_config
-from test_semantic_data import liver_phantom, nodule_phantom, write_lits, write_nodule
 
 from maskrcnn_pp.config import add_maskrcnn_pp_config
 from maskrcnn_pp.data.semantic import (
@@ -29,13 +27,19 @@ from maskrcnn_pp.engine.trainer import load_config
 from maskrcnn_pp.evaluation.semantic import SemanticEvaluator, overlap_scores
 from maskrcnn_pp.modeling.semantic_arch import SemanticUNetPP, build_semantic_net
 from maskrcnn_pp.utils.errors import UserError
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import (
+    ROOT,
+    flatten_config,
+    liver_phantom,
+    nodule_phantom,
+    write_lits,
+    write_nodule,
+)
 
 
 def quick_cfg(name: str, *opts):
     cfg = add_maskrcnn_pp_config(get_cfg())
-    cfg.merge_from_file(str(REPO / "configs" / "quick_schedules" / name))
+    cfg.merge_from_file(str(ROOT / "configs" / "quick_schedules" / name))
     cfg.merge_from_list(list(opts))
     return cfg
 
@@ -66,7 +70,7 @@ def test_config_defaults_are_the_papers():
                                  ("nodule", 64, 1)]:
         for arch, widths in [("unetpp", 32), ("unet", 32), ("wide_unet", 35)]:
             cfg = add_maskrcnn_pp_config(get_cfg())
-            cfg.merge_from_file(str(REPO / "configs" / "semantic" / f"{task}_{arch}.yaml"))
+            cfg.merge_from_file(str(ROOT / "configs" / "semantic" / f"{task}_{arch}.yaml"))
             assert cfg.MODEL.META_ARCHITECTURE == "SemanticUNetPP"
             assert (cfg.SOLVER.OPTIMIZER, cfg.SOLVER.BASE_LR) == ("ADAM", 0.0003)
             assert cfg.INPUT.SEMANTIC_SIZE == size
@@ -82,7 +86,7 @@ def test_cpu_study_configs_differ_only_in_the_network(task):
     """The CPU study (docs/results.md) compares networks, nothing else: one schedule, seed
     and data set; the wide U-Net about as large as UNet++ at the same (quarter) widths."""
     def flat(name):
-        return flatten_config(load_config(str(REPO / "configs" / f"{name}.yaml")))
+        return flatten_config(load_config(str(ROOT / "configs" / f"{name}.yaml")))
 
     pp = flat(f"cpu_study/{task}_unetpp")
     for variant, changes in [
@@ -100,7 +104,7 @@ def test_cpu_study_configs_differ_only_in_the_network(task):
                        "SEED", "OUTPUT_DIR"}
     assert pp["SEED"] == 0 and pp["SOLVER.OPTIMIZER"] == "ADAM"
     sizes = {v: build_semantic_net(load_config(
-        str(REPO / "configs" / "cpu_study" / f"{task}_{v}.yaml"))).parameter_count()
+        str(ROOT / "configs" / "cpu_study" / f"{task}_{v}.yaml"))).parameter_count()
         for v in ("unetpp", "wide_unet", "unet")}
     assert sizes["unet"] < sizes["unetpp"] < sizes["wide_unet"] < 1.05 * sizes["unetpp"]
 
@@ -211,8 +215,8 @@ def test_prune_report_cli(datasets, tmp_path, capsys):
     cfg = quick_cfg("semantic_2d_quick.yaml")
     model = build_model(cfg)
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
-    main = runpy.run_path(str(REPO / "tools" / "prune_report.py"), run_name="cli")["main"]
-    config = str(REPO / "configs" / "quick_schedules" / "semantic_2d_quick.yaml")
+    main = runpy.run_path(str(ROOT / "tools" / "prune_report.py"), run_name="cli")["main"]
+    config = str(ROOT / "configs" / "quick_schedules" / "semantic_2d_quick.yaml")
     out = tmp_path / "report"
     main(["--config-file", config, "--weights", str(tmp_path / "model.pth"),
           "--output", str(out)])
@@ -252,7 +256,7 @@ def test_compare_runs_cli_tabulates_evaluated_runs(datasets, tmp_path, capsys):
         scores = inference_on_dataset(model, build_semantic_test_loader(cfg, "liver_val"),
                                       evaluator)["sem_seg"]
         expected[name] = (model.net.parameter_count(), scores)
-    main = runpy.run_path(str(REPO / "tools" / "compare_runs.py"), run_name="cli")["main"]
+    main = runpy.run_path(str(ROOT / "tools" / "compare_runs.py"), run_name="cli")["main"]
     main([str(tmp_path / "pp"), str(tmp_path / "unet"), "--output", str(tmp_path / "cmp.md")])
     rows = json.loads((tmp_path / "cmp.json").read_text())
     assert [(r["run"], r["network"], r["widths"]) for r in rows] == [

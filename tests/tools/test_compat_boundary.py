@@ -9,11 +9,12 @@ import importlib
 import inspect
 import textwrap
 from functools import cache
-from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "maskrcnn_pp"
+from tests.helpers import ROOT
+
+PACKAGE = ROOT / "maskrcnn_pp"
 COMPAT = PACKAGE / "compat.py"
 
 

@@ -23,7 +23,7 @@ from maskrcnn_pp.evaluation.visualization import (
 )
 from maskrcnn_pp.inference import load_predictor
 from maskrcnn_pp.utils.errors import UserError
-from tests.conftest import ROOT, run_script_main
+from tests.helpers import ROOT, liver_phantom, run_script_main, write_lits
 
 QUICK_PP = str(ROOT / "configs" / "quick_schedules" / "mask_rcnn_pp_synthetic.yaml")
 VISUALIZE = str(ROOT / "tools" / "visualize.py")
@@ -173,6 +173,7 @@ def tiny_weights(tmp_path_factory):
     return folder / "model.pth"
 
 
+@pytest.mark.slow
 def test_cli_from_a_checkpoint_on_a_registered_data_set(tmp_path, tiny_weights, capsys):
     out = tmp_path / "vis"
     code, captured = visualize_in_process(
@@ -203,7 +204,6 @@ def test_semantic_checkpoint_pictures_show_foreground_and_score_it(tmp_path, cap
                                                                    monkeypatch):
     """A semantic network whose heads say "foreground" everywhere: each picture's IoU must
     be the label's foreground share, computed here from the prepared label file."""
-    from test_semantic_data import liver_phantom, write_lits
 
     from maskrcnn_pp.data.semantic import prepare_liver
 

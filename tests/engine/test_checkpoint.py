@@ -30,8 +30,7 @@ from maskrcnn_pp.engine.checkpoint import (
     UnsafeCheckpointError,
 )
 from maskrcnn_pp.utils.errors import UserError
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def _solver_cfg(max_iter: int = 20):
@@ -257,11 +256,12 @@ _KILLED_SAVE_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_during_save_keeps_previous_checkpoint_and_resume_uses_it(tmp_path):
     script = tmp_path / "killed_save.py"
     script.write_text(_KILLED_SAVE_SCRIPT)
     folder = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen([sys.executable, str(script), str(folder)], env=env,
                                stdout=subprocess.PIPE, text=True)
     try:

@@ -32,7 +32,7 @@ from maskrcnn_pp.inference.batch import (
     predict_files,
 )
 from maskrcnn_pp.utils.errors import UserError
-from tests.conftest import ROOT, run_script_main
+from tests.helpers import ROOT, run_script_main
 
 CONFIGS = ROOT / "configs" / "quick_schedules"
 QUICK = {"pp": str(CONFIGS / "mask_rcnn_pp_synthetic.yaml"),

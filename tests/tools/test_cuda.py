@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from maskrcnn_pp.engine.trainer import CheckedAMPTrainer, Trainer, load_config
-from tests.conftest import ROOT
+from tests.helpers import ROOT, liver_phantom, write_lits
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(
     not torch.cuda.is_available(),
@@ -61,7 +61,6 @@ def test_amp_training_and_evaluation_of_mask_rcnn_pp(trained_pp):
 
 
 def test_amp_training_of_the_semantic_quick_config(tmp_path):
-    from test_semantic_data import liver_phantom, write_lits
 
     from maskrcnn_pp.data.semantic import prepare_liver
 

@@ -25,7 +25,7 @@ from maskrcnn_pp.inference import (
     SemanticPredictor,
 )
 from maskrcnn_pp.utils.errors import UserError
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 QUICK_PP = str(ROOT / "configs" / "quick_schedules" / "mask_rcnn_pp_synthetic.yaml")
 QUICK_2D = str(ROOT / "configs" / "quick_schedules" / "semantic_2d_quick.yaml")

@@ -49,6 +49,7 @@ def no_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_ddp_like_one_process_on_the_whole_batch(tmp_path, no_cuda):
     launch(_ddp_worker, 2, dist_url="auto", args=(str(tmp_path),))
 

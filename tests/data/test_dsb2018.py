@@ -19,9 +19,9 @@ from pycocotools import mask as mask_util
 from maskrcnn_pp.data.coco import DatasetNotPreparedError, register_coco_instances_lazy
 from maskrcnn_pp.data.dsb2018 import convert_dsb2018, register_dsb2018
 from maskrcnn_pp.utils.errors import UserError
+from tests.helpers import ROOT
 
-REPO = Path(__file__).resolve().parents[1]
-PREPARE = REPO / "datasets" / "prepare_dsb2018.py"
+PREPARE = ROOT / "datasets" / "prepare_dsb2018.py"
 
 # Real images chosen to cover what the converter must handle: overlapping masks (the first
 # two), one-nucleus images, colour (af576e8e), and every non-square / large size.
@@ -87,6 +87,7 @@ def real_out(real_src, tmp_path_factory):
     return out, report
 
 
+@pytest.mark.slow
 def test_real_masks_round_trip_exactly(real_src, real_out):
     out, report = real_out
     by_name = {}
@@ -118,6 +119,7 @@ def test_real_masks_round_trip_exactly(real_src, real_out):
     assert _coco(out, "train")["categories"] == [{"id": 1, "name": "nucleus"}]
 
 
+@pytest.mark.slow
 def test_real_images_become_rgb_without_alpha(real_src, real_out):
     out, _ = real_out
     for image_id in (REAL_IDS[0], REAL_IDS[4], REAL_IDS[7]):
@@ -128,6 +130,7 @@ def test_real_images_become_rgb_without_alpha(real_src, real_out):
         np.testing.assert_array_equal(converted, source[..., :3])
 
 
+@pytest.mark.slow
 def test_real_report_counts_overlaps(real_src, real_out):
     out, report = real_out
     expected = {}
@@ -143,6 +146,7 @@ def test_real_report_counts_overlaps(real_src, real_out):
     assert saved["split_images"] == {"train": 8, "val": 2}
 
 
+@pytest.mark.slow
 def test_split_is_deterministic_and_disjoint(real_src, real_out, tmp_path):
     out, _ = real_out
     train, val = _coco(out, "train"), _coco(out, "val")
@@ -163,6 +167,7 @@ def test_split_is_deterministic_and_disjoint(real_src, real_out, tmp_path):
     assert _coco(tmp_path / "all", "val")["annotations"] == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["zip", "tar.gz"])
 def test_archives_convert_like_folders(real_src, tmp_path, kind):
     picked = REAL_IDS[:3]
@@ -269,9 +274,10 @@ def test_bad_input_is_skipped_and_reported(bad_src, tmp_path):
 
 def _run_prepare(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(PREPARE), *args], capture_output=True,
-                          text=True, cwd=REPO, timeout=300)
+                          text=True, cwd=ROOT, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_names_bad_files_and_exits_zero(bad_src, tmp_path):
     result = _run_prepare(str(bad_src), str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
@@ -283,6 +289,7 @@ def test_cli_names_bad_files_and_exits_zero(bad_src, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_strict_fails_without_annotations(bad_src, tmp_path):
     out = tmp_path / "out"
     result = _run_prepare(str(bad_src), str(out), "--strict")
@@ -303,6 +310,7 @@ def test_cli_missing_source_one_line_exit_2(tmp_path, capsys):
     assert capsys.readouterr().err == f"error: source {tmp_path / 'missing.zip'} does not exist\n"
 
 
+@pytest.mark.slow
 def test_strict_passes_on_clean_real_data(real_src, tmp_path):
     report = convert_dsb2018(real_src, tmp_path / "out", strict=True, progress=False)
     assert report.problems == [] and len(report.overlaps) == 2   # overlaps are not errors
@@ -317,6 +325,7 @@ def restore_dsb2018_registration():
     register_dsb2018()
 
 
+@pytest.mark.slow
 def test_registration_is_lazy_and_explains_missing_files(tmp_path, real_out,
                                                           restore_dsb2018_registration):
     root = tmp_path / "datasets" / "dsb2018"

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "maskrcnn_pp"
+from tests.helpers import ROOT
+
+PACKAGE = ROOT / "maskrcnn_pp"
 
 FORBIDDEN = {  # subpackage -> subpackages it must not import
     "modeling": {"data", "evaluation", "engine", "inference", "studies", "cli"},

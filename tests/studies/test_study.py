@@ -25,7 +25,7 @@ from maskrcnn_pp.studies.study import (
     summarize,
 )
 from maskrcnn_pp.utils.errors import UserError
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 QUICK = ROOT / "configs" / "quick_schedules"
 STUDY = ROOT / "tools" / "study.py"
@@ -202,6 +202,7 @@ def _study(spec, *args, **kwargs):
                           cwd=ROOT, env=env, timeout=600, **kwargs)
 
 
+@pytest.mark.slow
 def test_tiny_study_survives_a_kill_and_reuses_finished_runs(tmp_path):
     spec = write_spec(tmp_path, overrides=TINY)
     out = tmp_path / "out"

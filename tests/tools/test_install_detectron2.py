@@ -10,7 +10,7 @@ import detectron2
 import pytest
 import torch
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 spec = importlib.util.spec_from_file_location("install_detectron2",
                                               ROOT / "tools" / "install_detectron2.py")

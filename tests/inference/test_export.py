@@ -23,7 +23,7 @@ from maskrcnn_pp.inference.export import (
 )
 from maskrcnn_pp.inference.instance import DetectronModelRunner
 from maskrcnn_pp.utils.errors import UserError
-from tests.conftest import ROOT, run_script_main
+from tests.helpers import ROOT, run_script_main
 
 QUICK = ROOT / "configs" / "quick_schedules"
 EXPORT_TOOL = ROOT / "tools" / "export_model.py"
@@ -99,6 +99,7 @@ def assert_same_instances(eager, exported):
     assert iou.min() >= 0.95
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["torchscript",
                                  pytest.param("onnx", marks=needs_onnxruntime)])
 def test_exported_mask_rcnn_pp_predicts_like_eager(pp_model, pp_exported, fmt):
@@ -113,6 +114,7 @@ def test_exported_mask_rcnn_pp_predicts_like_eager(pp_model, pp_exported, fmt):
         assert_same_instances(eager(tile), exported.model_fn(tile))
 
 
+@pytest.mark.slow
 def test_load_predictor_on_an_exported_file_labels_a_tiled_image_like_eager(pp_model,
                                                                           pp_exported):
     _, cfg, weights = pp_model
@@ -131,6 +133,7 @@ def baseline_model(tmp_path_factory):
                         ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["torchscript",
                                  pytest.param("onnx", marks=needs_onnxruntime)])
 def test_exported_baseline_predicts_like_eager(baseline_model, tmp_path, fmt):
@@ -141,6 +144,7 @@ def test_exported_baseline_predicts_like_eager(baseline_model, tmp_path, fmt):
                           load_exported_model(path).model_fn(tile))
 
 
+@pytest.mark.slow
 def test_sidecar_holds_the_config_and_the_input_layout(pp_exported):
     path = pp_exported("torchscript")
     info = json.loads(sidecar_path(path).read_text())
@@ -253,6 +257,7 @@ def test_bad_requests_are_one_line_exit_2_before_any_work(pp_model, tmp_path, ca
     assert not list((tmp_path / "out").glob("model*"))
 
 
+@pytest.mark.slow
 def test_unknown_level_missing_sidecar_and_odd_sizes_are_user_errors(semantic_model, tmp_path):
     _, cfg, weights = semantic_model
     with pytest.raises(UserError, match="level 7 is not available"):

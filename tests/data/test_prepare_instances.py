@@ -19,7 +19,7 @@ from pycocotools import mask as mask_util
 from maskrcnn_pp.data import register_nuclei_coco
 from maskrcnn_pp.engine.trainer import Trainer, load_config
 from maskrcnn_pp.evaluation.nuclei import NucleiEvaluator
-from tests.conftest import ROOT, run_script_main
+from tests.helpers import ROOT, run_script_main
 
 PREPARE = ROOT / "datasets" / "prepare_instances.py"
 QUICK_PP = str(ROOT / "configs" / "quick_schedules" / "mask_rcnn_pp_synthetic.yaml")
@@ -187,6 +187,7 @@ def test_register_nuclei_coco_sets_what_the_evaluators_need(tmp_path, capsys):
         MetadataCatalog.remove("my_cells_val")
 
 
+@pytest.mark.slow
 def test_prepared_label_images_train_through_train_net_by_name(tmp_path, capsys):
     datasets = tmp_path / "datasets"
     src = _training_src(tmp_path / "src")
@@ -205,6 +206,7 @@ def test_prepared_label_images_train_through_train_net_by_name(tmp_path, capsys)
     assert (out / "inference" / "cells_val").is_dir()
 
 
+@pytest.mark.slow
 def test_real_dsb2018_masks_as_label_images_match_the_dsb_converter(dsb2018_root, tmp_path,
                                                                     capsys):
     """Label images built from DSB2018's per-nucleus PNGs convert to the same RLE masks as

@@ -38,7 +38,7 @@ import tifffile
 import torch
 from pycocotools import mask as mask_util
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 QUICK_PP = ROOT / "configs" / "quick_schedules" / "mask_rcnn_pp_synthetic.yaml"
 SEMANTIC_2D = ROOT / "configs" / "quick_schedules" / "semantic_2d_quick.yaml"
@@ -767,7 +767,7 @@ def _run_child(request: dict) -> None:
 class ForkServer:
     def __init__(self, env: dict):
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from tests.test_bad_inputs import serve; serve()"],
+            [sys.executable, "-c", "from tests.tools.test_bad_inputs import serve; serve()"],
             cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout.readline().strip() == "ready"
 
@@ -871,6 +871,7 @@ def test_the_table_covers_every_tool_and_the_issue():
     assert {case.tool for case in CASES if case.fresh} == tools
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_bad_input_is_one_line_exit_2(case, results, inputs):
     result = results[case.id]
@@ -888,6 +889,7 @@ def test_bad_input_is_one_line_exit_2(case, results, inputs):
     assert _text(case.names, inputs, result.work) in error
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [c for c in CASES if c.absent], ids=lambda c: c.id)
 def test_bad_input_leaves_no_valid_looking_output(case, results):
     work = results[case.id].work

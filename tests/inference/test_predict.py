@@ -32,7 +32,7 @@ from maskrcnn_pp.inference.batch import (
     split_config_overrides,
 )
 from maskrcnn_pp.utils.errors import UserError
-from tests.conftest import ROOT, run_script_main
+from tests.helpers import ROOT, run_script_main
 
 QUICK_PP = str(ROOT / "configs" / "quick_schedules" / "mask_rcnn_pp_synthetic.yaml")
 PREDICT = str(ROOT / "tools" / "predict.py")
@@ -170,6 +170,7 @@ def read_dsb_sample(archive, image_id):
     return image_bytes, nuclei
 
 
+@pytest.mark.slow
 def test_tiling_reproduces_a_crowded_real_dsb2018_image(dsb2018_archive, tmp_path):
     """An oracle model that returns the true nuclei visible in each tile: merging the
     tiles of the real image must give back exactly its 375 nuclei."""
@@ -389,6 +390,7 @@ def predict_in_process(capsys, *args):
     return code, captured.err
 
 
+@pytest.mark.slow
 def test_end_to_end_with_a_real_model_skips_corrupt_images(tmp_path, tiny_weights):
     (tmp_path / "in").mkdir()
     rng = np.random.default_rng(0)
@@ -418,6 +420,7 @@ def test_end_to_end_with_a_real_model_skips_corrupt_images(tmp_path, tiny_weight
     assert not (out / "overlays" / "corrupt.png").exists()
 
 
+@pytest.mark.slow
 def test_missing_weights_is_one_line_exit_2_no_traceback(tmp_path):
     image = tmp_path / "x.png"
     cv2.imwrite(str(image), np.zeros((8, 8), np.uint8))

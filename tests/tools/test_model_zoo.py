@@ -13,17 +13,16 @@ import maskrcnn_pp
 from maskrcnn_pp.engine.trainer import load_config
 from maskrcnn_pp.model_zoo import list_config_files
 from maskrcnn_pp.utils.errors import UserError
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def test_get_config_file_finds_every_shipped_config_and_it_loads():
     names = list_config_files()
-    on_disk = sorted(p.relative_to(REPO / "configs").as_posix()
-                     for p in (REPO / "configs").rglob("*.yaml"))
+    on_disk = sorted(p.relative_to(ROOT / "configs").as_posix()
+                     for p in (ROOT / "configs").rglob("*.yaml"))
     assert names == on_disk
     path = maskrcnn_pp.get_config_file("mask_rcnn_pp.yaml")
-    assert Path(path).read_bytes() == (REPO / "configs" / "mask_rcnn_pp.yaml").read_bytes()
+    assert Path(path).read_bytes() == (ROOT / "configs" / "mask_rcnn_pp.yaml").read_bytes()
     cfg = load_config(maskrcnn_pp.get_config_file("semantic/polyp_unetpp.yaml"))
     assert cfg.MODEL.META_ARCHITECTURE == "SemanticUNetPP"
 
@@ -45,13 +44,14 @@ def test_public_names():
     assert {"add_maskrcnn_pp_config", "get_config_file"} <= set(maskrcnn_pp.__all__)
 
 
+@pytest.mark.slow
 def test_wheel_ships_the_configs_inside_the_package(tmp_path):
     source = tmp_path / "src"  # a copy, so the build leaves nothing in the checkout
     source.mkdir()
     for name in ("setup.py", "README.md"):
-        shutil.copy(REPO / name, source / name)
+        shutil.copy(ROOT / name, source / name)
     for name in ("maskrcnn_pp", "configs"):
-        shutil.copytree(REPO / name, source / name,
+        shutil.copytree(ROOT / name, source / name,
                         ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
                     "--no-build-isolation", "--disable-pip-version-check", "-w",

@@ -8,7 +8,8 @@ them an error (exit code 2). See ``maskrcnn_pp.data.dsb2018.convert_dsb2018``.
 """
 from __future__ import annotations
 
-from maskrcnn_pp.data.dsb2018 import convert_dsb2018, run_converter_cli
+from maskrcnn_pp.cli.prepare import run_converter_cli
+from maskrcnn_pp.data.dsb2018 import convert_dsb2018
 from maskrcnn_pp.utils.errors import exit_on_user_error
 
 

@@ -11,7 +11,7 @@ OUT_val. See ``maskrcnn_pp.data.instances.convert_instances``.
 """
 from __future__ import annotations
 
-from maskrcnn_pp.data.dsb2018 import run_converter_cli
+from maskrcnn_pp.cli.prepare import run_converter_cli
 from maskrcnn_pp.data.instances import convert_instances
 from maskrcnn_pp.utils.errors import exit_on_user_error
 

@@ -10,7 +10,6 @@ are registered at import and read only when used.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..utils.errors import UserError
-from ..utils.io import PathLike, atomic_write_bytes, atomic_write_json, check_output_dir
+from ..utils.io import PathLike, atomic_write_bytes, atomic_write_json
 from .coco import (
     datasets_root,
     mask_to_annotation,
@@ -43,6 +42,7 @@ __all__ = [
     "NUCLEUS_CATEGORY", "ConversionReport", "Problem", "convert_dsb2018",
     "find_sample_folders", "is_jpeg", "mask_files", "register_dsb2018", "prepare_command",
     "read_image_bgr8", "read_mask", "SampleProblem", "split_val_ids", "write_conversion",
+    "decode_sample_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -190,32 +190,6 @@ def write_conversion(samples: list[_Sample], report: ConversionReport, out: Path
     return report
 
 
-def run_converter_cli(convert: Callable[..., ConversionReport], description: str,
-                      src_help: str, strict_help: str, argv: list[str] | None = None
-                      ) -> ConversionReport:
-    """The command line every instance converter shares (``datasets/prepare_dsb2018.py``,
-    ``datasets/prepare_instances.py``): SRC OUT [--val-fraction] [--seed] [--strict], the
-    output folder checked before any work, a one-line summary."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("src", help=src_help)
-    parser.add_argument("out", help="output folder, e.g. datasets/<name>")
-    parser.add_argument("--val-fraction", type=float, default=0.1,
-                        help="share of images in the validation split, in [0, 1) (default 0.1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
-    parser.add_argument("--strict", action="store_true", help=strict_help)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    check_output_dir(args.out, "OUT")
-    report = convert(args.src, args.out, val_fraction=args.val_fraction, seed=args.seed,
-                     strict=args.strict)
-    overlaps = report.overlaps
-    print(f"{report.images_converted} of {report.images_found} images, "
-          f"{report.annotations} objects -> {args.out} (train {report.split_images['train']}, "
-          f"val {report.split_images['val']}); {len(report.problems)} problem(s)"
-          + (f", {len(overlaps)} image(s) with overlapping masks" if overlaps else ""))
-    return report
-
-
 def find_sample_folders(root: PathLike) -> list[Path]:
     """Every folder under ``root`` that holds an ``images/`` folder, sorted by image id.
 
@@ -270,7 +244,9 @@ def _convert_sample(folder: Path, image_dir: Path) -> _Sample:
     return sample
 
 
-def _decode(path: Path, kind: str) -> np.ndarray:
+def decode_sample_file(path: Path, kind: str) -> np.ndarray:
+    """A converter's input file as stored (any depth, RGB(A) order), or :class:`SampleProblem`
+    of ``kind`` naming it."""
     try:
         return decode_image_file(path)
     except UnreadableImageError as err:
@@ -303,7 +279,7 @@ def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """A mask file as a boolean array: a pixel is foreground where any channel is non-zero,
     or, for JPEG, above half the range (its ringing around edges is non-zero, and ``> 0``
     would inflate nuclei by ~44% and invent overlaps)."""
-    pixels = _decode(path, "unreadable_mask")
+    pixels = decode_sample_file(path, "unreadable_mask")
     if pixels.shape[:2] != shape:
         raise SampleProblem(path, "size_mismatch",
                              f"mask is {pixels.shape[1]}x{pixels.shape[0]} (w x h) but its "

@@ -35,9 +35,10 @@ from .dsb2018 import (
     SampleProblem,
     _record,
     _Sample,
+    decode_sample_file,
     write_conversion,
 )
-from .image_io import IMAGE_EXTENSIONS, UnreadableImageError, decode_image_file
+from .image_io import IMAGE_EXTENSIONS
 from .sources import source_root
 
 __all__ = ["convert_instances", "read_label_image", "register_prepared_instances"]
@@ -120,18 +121,10 @@ def _label_images_by_stem(mask_dir: Path) -> dict[str, list[Path]]:
     return found
 
 
-def _read(path: Path, kind: str) -> np.ndarray:
-    """Pixels at their depth (32-bit and float TIFFs included), colour in RGB(A) order."""
-    try:
-        return decode_image_file(path)
-    except UnreadableImageError as err:
-        raise SampleProblem(path, kind, err.reason) from None
-
-
 def read_label_image(path: Path) -> np.ndarray:
     """A label image as a 2-D int64 array, or :class:`SampleProblem` saying why it is not
     one (colour image, negative or non-integer values, unreadable)."""
-    labels = _read(path, "unreadable_mask")
+    labels = decode_sample_file(path, "unreadable_mask")
     if labels.ndim == 3 and labels.shape[2] == 1:
         labels = labels[..., 0]
     if labels.ndim != 2:
@@ -159,7 +152,7 @@ def _convert_sample(image_path: Path, mask_paths: list[Path],
     if len(mask_paths) > 1:
         raise SampleProblem(image_path, "ambiguous_mask", "several label images match: "
                             + ", ".join(p.name for p in mask_paths))
-    image = _read(image_path, "unreadable_image")
+    image = decode_sample_file(image_path, "unreadable_image")
     labels = read_label_image(mask_paths[0])
     height, width = image.shape[:2]
     if labels.shape != (height, width):

@@ -3,8 +3,9 @@
     python tools/eval_nuclei.py --gt datasets/dsb2018/annotations/instances_val.json \\
         --pred output/inference/coco_instances_results.json --json output/nuclei.json
 
-The results file is what Detectron2's COCOEvaluator writes. See
-``maskrcnn_pp.evaluation.nuclei.evaluate_coco_results``.
+The results file is what Detectron2's COCOEvaluator writes. The table is in percent, as
+the evaluators report; the --json file is the record of
+``maskrcnn_pp.evaluation.nuclei.evaluate_coco_results``, in fractions.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gt", required=True, help="COCO instances JSON (ground truth)")
     parser.add_argument("--pred", required=True, help="COCO results JSON (detections)")
-    parser.add_argument("--json", help="also write every metric, per image too, to this file")
+    parser.add_argument("--json", help="also write every metric, per image too, to this file (as "
+                             "fractions in [0, 1])")
     parser.add_argument("--score-thresh", type=float, default=0.5,
                         help="detections below this score are ignored by the nuclei metrics "
                              "(not by COCO AP); default 0.5")

@@ -9,6 +9,13 @@ intersected, so an image with hundreds of nuclei costs milliseconds.
 Three ways in, one implementation: per-image masks (:func:`image_metrics`), a COCO ground
 truth plus a COCO results list (:func:`evaluate_coco_results`, used by
 ``tools/eval_nuclei.py``), and Detectron2 model outputs (:class:`NucleiEvaluator`).
+
+Units (Detectron2's convention): the metric functions and the record
+:func:`evaluate_coco_results` returns (also what ``nuclei_metrics.json`` and
+``tools/eval_nuclei.py --json`` hold) are fractions in [0, 1], as pycocotools' ``COCOeval``
+stats; what is reported to Detectron2 or printed (:func:`summary_scalars`, the results of
+:class:`NucleiEvaluator`, :func:`format_metrics_table`) is in percent, as
+``COCOEvaluator``'s AP.
 """
 from __future__ import annotations
 
@@ -394,30 +401,32 @@ def _mean_defined(precision: np.ndarray) -> float | None:
 
 
 def summary_scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    """The numbers of :func:`evaluate_coco_results` as a flat dict of floats (for Detectron2).
+    """The numbers of :func:`evaluate_coco_results` as a flat dict of floats in percent
+    (for Detectron2).
 
     Names with "-" (the per-threshold precisions) are stored but not printed by
     Detectron2's ``print_csv_format``.
     """
-    scalars = {key: float(metrics[key]) for key in MAIN_METRICS}
-    scalars.update({f"segm_{key}": float(value) for key, value in metrics["coco_segm"].items()
+    scalars = {key: 100.0 * metrics[key] for key in MAIN_METRICS}
+    scalars.update({f"segm_{key}": 100.0 * value for key, value in metrics["coco_segm"].items()
                     if value is not None})
-    scalars.update({f"dsb_precision-{t}": float(p)
+    scalars.update({f"dsb_precision-{t}": 100.0 * p
                     for t, p in metrics["dsb_precision_by_threshold"].items()})
     return scalars
 
 
 def format_metrics_table(metrics: dict[str, Any]) -> str:
-    """Two small tables: the main metrics, and the DSB precision at each threshold."""
-    rows = [(key, f"{metrics[key]:.4f}") for key in MAIN_METRICS]
-    rows += [(f"segm_{key}", "n/a" if value is None else f"{value:.4f}")
+    """The number of images, then two small tables in percent: the main metrics, and the
+    DSB precision at each IoU threshold."""
+    rows = [(key, f"{100 * metrics[key]:.2f}") for key in MAIN_METRICS]
+    rows += [(f"segm_{key}", "n/a" if value is None else f"{100 * value:.2f}")
              for key, value in metrics["coco_segm"].items()]
-    rows.append(("images", str(metrics["num_images"])))
     thresholds = metrics["dsb_precision_by_threshold"]
     return "\n\n".join([
-        tabulate(rows, headers=["metric", "value"], tablefmt="pipe", disable_numparse=True,
+        f"{metrics['num_images']} images",
+        tabulate(rows, headers=["metric", "value (%)"], tablefmt="pipe", disable_numparse=True,
                  colalign=("left", "right")),
-        tabulate([["precision", *(f"{p:.4f}" for p in thresholds.values())]],
+        tabulate([["precision (%)", *(f"{100 * p:.2f}" for p in thresholds.values())]],
                  headers=["IoU >", *thresholds.keys()], tablefmt="pipe", disable_numparse=True),
     ])
 
@@ -430,8 +439,9 @@ class NucleiEvaluator(DatasetEvaluator):
 
     Predicted masks are kept as RLE (as ``COCOEvaluator`` does), gathered from all workers,
     and scored by :func:`evaluate_coco_results` against :func:`dataset_ground_truth`.
-    ``evaluate()`` returns ``{"nuclei": {name: float}}`` (fractions in [0, 1]); with
-    ``output_dir`` the full result, per image, is written to ``nuclei_metrics.json``.
+    ``evaluate()`` returns ``{"nuclei": {name: float}}`` in percent (:func:`summary_scalars`);
+    with ``output_dir`` the full result, per image, is written to ``nuclei_metrics.json``
+    (fractions, as :func:`evaluate_coco_results` returns it).
     """
 
     def __init__(self, dataset_name: str, score_thresh: float = 0.5,

@@ -4,7 +4,9 @@ Drawing goes through Detectron2's ``Visualizer`` (masks as COCO RLEs, one colour
 instance from Detectron2's colour map, so pictures are reproducible). A comparison is one
 PNG: the ground truth on the left, the prediction on the right, and the image's nuclei
 scores (DSB mAP, AJI, Dice, IoU, F1 at 0.5, from :mod:`maskrcnn_pp.evaluation.nuclei`) in
-the title, which is also stored in the PNG's ``Title`` text field.
+the title, which is also stored in the PNG's ``Title`` text field. Titles give scores in
+percent, as the evaluators report them; ``RenderedImage.metrics`` keeps the metric
+functions' fractions.
 """
 from __future__ import annotations
 
@@ -97,10 +99,10 @@ def dataset_dict_rles(record: dict) -> list[dict]:
 
 
 def format_scores_title(file_name: str, metrics: dict[str, Any], score_thresh: float) -> str:
-    """Three lines: the file, its nuclei scores, and what each panel shows."""
-    scores = (f"DSB mAP {metrics['dsb_map']:.3f}   AJI {metrics['aji']:.3f}   "
-              f"Dice {metrics['dice']:.3f}   IoU {metrics['iou']:.3f}   "
-              f"F1@0.5 {metrics['f1_50']:.3f}")
+    """Three lines: the file, its nuclei scores (%), and what each panel shows."""
+    scores = (f"DSB mAP {100 * metrics['dsb_map']:.1f}   AJI {100 * metrics['aji']:.1f}   "
+              f"Dice {100 * metrics['dice']:.1f}   IoU {100 * metrics['iou']:.1f}   "
+              f"F1@0.5 {100 * metrics['f1_50']:.1f}")
     panels = (f"left: ground truth ({metrics['num_gt']} nuclei)   right: prediction "
               f"({metrics['num_pred']} nuclei, score >= {score_thresh:.2f})")
     return f"{file_name}\n{scores}\n{panels}"
@@ -148,7 +150,7 @@ def save_side_by_side(image_rgb: np.ndarray, gt: dict | np.ndarray | Sequence,
 
 @dataclass(frozen=True)
 class RenderedImage:
-    """One comparison PNG and the scores in its title."""
+    """One comparison PNG and the scores in its title (``metrics`` as fractions)."""
 
     file_name: str
     path: Path
@@ -313,7 +315,8 @@ def render_semantic_predictions(model, cfg: CfgNode, dataset_name: str, output_d
         probability = probabilities.max(dim=0).values.numpy()
         scores = [float(probability[predicted].mean())] if predicted.any() else []
         file_name = os.path.basename(inputs["file_name"])
-        title = (f"{file_name}\nIoU {metrics['IoU']:.1f}   Dice {metrics['Dice']:.1f}   "
+        title = (f"{file_name}\nIoU {100 * metrics['IoU']:.1f}   "
+                 f"Dice {100 * metrics['Dice']:.1f}   "
                  f"({mode})\nleft: ground truth   right: probability > {threshold:.2f} "
                  "(label: mean probability)")
         save_side_by_side(image, truth.astype(np.uint8), predicted[None] if scores else [],

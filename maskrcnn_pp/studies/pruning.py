@@ -14,6 +14,7 @@ from torch import nn
 
 from ..data.semantic import build_semantic_test_loader
 from ..engine.checkpoint import load_inference_weights
+from ..engine.inference_modes import InferenceModes
 from ..evaluation.semantic import SemanticEvaluator, mode_name
 from ..utils.errors import UserError
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -31,13 +32,13 @@ def _prunable(model: nn.Module) -> nn.Module:
 
 
 def pruning_rows(model: nn.Module, data_loader, dataset_name: str) -> list[dict]:
-    """Fig. 3 of the paper as rows: parameters, ms per image, IoU and Dice of UNet++ L1..L_L
-    and of the accurate mode, measured on ``data_loader``."""
+    """Fig. 3 of the paper as rows: parameters, ms per image, IoU and Dice (%) of UNet++
+    L1..L_L and of the accurate mode, measured on ``data_loader``."""
     net_owner = _prunable(model)
-    evaluator = SemanticEvaluator(dataset_name, model)
-    scores = inference_on_dataset(model, data_loader, evaluator)["sem_seg"]
+    modes = InferenceModes(model, SemanticEvaluator(dataset_name))
+    scores = inference_on_dataset(model, data_loader, modes)["sem_seg"]
     rows = []
-    for mode in evaluator.modes:
+    for mode in modes.modes:
         name = mode_name(mode)
         rows.append({"mode": name,
                      "parameters": net_owner.net.parameter_count(mode or None),

@@ -18,7 +18,8 @@ the metric is recomputed on each resample for every seed, then averaged over see
 is not a mean over images, so it is recomputed from pycocotools' per-image matches
 (``COCOeval.evaluateImg``) on each resampled image list; that is slower, so it uses fewer
 resamples (``ap_resamples``). Semantic IoU and Dice are pooled over pixels, so they are
-recomputed from the resampled per-image pixel counts.
+recomputed from the resampled per-image pixel counts. Every score is reported in percent,
+as the evaluators report it, and differences in percentage points.
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
 
+from ..engine.inference_modes import InferenceModes
 from ..engine.trainer import Trainer, is_semantic, load_config
 from ..evaluation.nuclei import (
     MAIN_METRICS,
@@ -297,12 +299,12 @@ class RunEval:
     kind: str                                   # "instance" or "semantic"
     keys: list[str]                             # image identities (pairing across runs)
     file_names: list[str]
-    values: dict[str, np.ndarray] = field(default_factory=dict)   # per-image means
+    values: dict[str, np.ndarray] = field(default_factory=dict)   # per-image scores (%)
     counts: dict[str, np.ndarray] = field(default_factory=dict)   # per-image (I, P, T)
     coco: dict[str, Any] = field(default_factory=dict)            # iou type -> COCOeval
 
     def scores(self, positions: np.ndarray, with_coco: bool = True) -> dict[str, float]:
-        """Every metric on the images at ``positions`` (repeats allowed)."""
+        """Every metric (%) on the images at ``positions`` (repeats allowed)."""
         out: dict[str, float] = {}
         if self.kind == "instance":
             if with_coco:
@@ -316,7 +318,7 @@ class RunEval:
         for mode, counts in self.counts.items():
             pooled = overlap_scores(*(int(c) for c in counts[positions].sum(axis=0)))
             for score, value in pooled.items():
-                out[score if mode == HEADLINE else f"{score}_{mode}"] = value
+                out[score if mode == HEADLINE else f"{score}_{mode}"] = 100.0 * value
         return out
 
     def per_image(self, metric: str) -> np.ndarray | None:
@@ -326,7 +328,8 @@ class RunEval:
         for mode, counts in self.counts.items():
             for score in ("IoU", "Dice"):
                 if metric == (score if mode == HEADLINE else f"{score}_{mode}"):
-                    return np.array([overlap_scores(*map(int, c))[score] for c in counts])
+                    return np.array([100.0 * overlap_scores(*map(int, c))[score]
+                                     for c in counts])
         return None
 
 
@@ -374,14 +377,17 @@ def evaluate_run(run: Run, dataset: str, progress: Callable[[str], None] = print
     Trainer.build_checkpointer(cfg, model).load(str(run.weights), checkpointables=[])
     loader = Trainer.build_test_loader(cfg, dataset)
     if semantic:
-        evaluator = SemanticEvaluator(dataset, model, distributed=False, output_dir=str(folder))
+        semantic_evaluator = SemanticEvaluator(dataset, distributed=False,
+                                               output_dir=str(folder))
+        evaluator = InferenceModes(model, semantic_evaluator)
     else:
         evaluator = Trainer.build_evaluator(cfg, dataset, output_folder=str(folder))
     with contextlib.redirect_stdout(io.StringIO()):      # pycocotools prints its tables
         inference_on_dataset(model, loader, evaluator)
     if semantic:
         record = {"kind": "semantic",
-                  "per_image": {mode: sorted(rows) for mode, rows in evaluator.per_image.items()}}
+                  "per_image": {mode: sorted(rows)
+                                for mode, rows in semantic_evaluator.per_image.items()}}
     else:
         nuclei = folder / "nuclei_metrics.json"
         per_image = (sorted(json.loads(nuclei.read_text())["per_image"],
@@ -417,7 +423,8 @@ def load_run_eval(cache: Path, ground_truth) -> RunEval:
         if coco[iou_type] is not None and list(coco[iou_type]._paramsEval.imgIds) != ids:
             raise UserError(f"{cache}: image ids differ from the ground truth's")
     return RunEval("instance", keys=[str(i) for i in ids], file_names=record["file_names"],
-                   values={k: np.asarray(v, np.float64) for k, v in record["values"].items()},
+                   values={k: 100.0 * np.asarray(v, np.float64)
+                           for k, v in record["values"].items()},
                    coco=coco)
 
 
@@ -517,11 +524,11 @@ def _seed_mean_per_image(runs: dict[int, RunEval], metric: str) -> np.ndarray | 
 # --------------------------------------------------------------------------- report
 
 
-def _fmt(metric: str, value: float | None, signed: bool = False) -> str:
+def _fmt(value: float | None, signed: bool = False) -> str:
+    """A score in percent, or a difference of two in percentage points."""
     if value is None or not np.isfinite(value):
         return "-"
-    percent = metric in COCO_METRICS or metric.startswith(("IoU", "Dice"))
-    return f"{value:{'+' if signed else ''}.{2 if percent else 4}f}"
+    return f"{value:{'+' if signed else ''}.2f}"
 
 
 def machine_description() -> str:
@@ -555,22 +562,22 @@ def study_markdown(report: dict) -> str:
             metrics += [k for k in other["mean"] if k not in metrics]
         unit = (f"{summary['images']} images in {summary['groups']} resampling groups"
                 if summary["groups"] != summary["images"] else f"{summary['images']} images")
-        lines += [f"## {dataset} ({unit})", "", "Mean ± std over seeds:", "",
+        lines += [f"## {dataset} ({unit})", "", "Mean ± std over seeds (%):", "",
                   "| model | seeds | " + " | ".join(metrics) + " |",
                   "|---|---|" + "---|" * len(metrics)]
         for model, stats in models.items():
-            cells = [f"{_fmt(k, stats['mean'].get(k))} ± {_fmt(k, stats['std'].get(k))}"
+            cells = [f"{_fmt(stats['mean'].get(k))} ± {_fmt(stats['std'].get(k))}"
                      if k in stats["mean"] else "-" for k in metrics]
             lines.append(f"| {model} | {len(stats['seeds'])} | " + " | ".join(cells) + " |")
         if summary["pairs"]:
-            lines += ["", "Paired differences (A − B):", "",
+            lines += ["", "Paired differences (A − B, percentage points):", "",
                       "| A | B | metric | A − B | 95% CI | resamples |",
                       "|---|---|---|---|---|---|"]
             for p in summary["pairs"]:
                 lines.append(f"| {p['a']} | {p['b']} | {p['metric']} | "
-                             f"{_fmt(p['metric'], p['difference'], True)} | "
-                             f"[{_fmt(p['metric'], p['ci_low'], True)}, "
-                             f"{_fmt(p['metric'], p['ci_high'], True)}] | {p['resamples']} |")
+                             f"{_fmt(p['difference'], True)} | "
+                             f"[{_fmt(p['ci_low'], True)}, "
+                             f"{_fmt(p['ci_high'], True)}] | {p['resamples']} |")
         for figure in summary.get("figures", []):
             lines += ["", f"![{figure}]({figure})"]
         lines.append("")
@@ -595,7 +602,7 @@ def _figure(dataset: str, metric: str, summary: dict, plots: dict) -> bytes:
         left.hlines(np.mean(values), x - 0.25, x + 0.25, color="k")
     left.set_xticks(range(len(models)), models, rotation=15)
     left.set_xlim(-0.6, len(models) - 0.4)
-    left.set_title(f"{metric} per seed (line: mean)")
+    left.set_title(f"{metric} (%) per seed (line: mean)")
     label = "per-image difference"
     for y, pair in enumerate(pairs):
         per_image, boot = plots[(pair["a"], pair["b"], metric)]
@@ -610,7 +617,7 @@ def _figure(dataset: str, metric: str, summary: dict, plots: dict) -> bytes:
     right.axvline(0, color="grey", lw=0.8)
     right.set_yticks(range(len(pairs)), [f"{p['a']}\n− {p['b']}" for p in pairs])
     right.set_title(f"{label}; diamond: difference of means, 95% CI")
-    fig.suptitle(f"{metric} on {dataset}")
+    fig.suptitle(f"{metric} (%) on {dataset}")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)

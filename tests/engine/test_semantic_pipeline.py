@@ -22,6 +22,7 @@ from maskrcnn_pp.data.semantic import (
     prepare_liver,
     prepare_nodule,
 )
+from maskrcnn_pp.engine.inference_modes import InferenceModes
 from maskrcnn_pp.engine.optim import build_optimizer
 from maskrcnn_pp.engine.trainer import load_config
 from maskrcnn_pp.evaluation.semantic import SemanticEvaluator, overlap_scores
@@ -162,7 +163,7 @@ def test_evaluator_accumulates_over_the_data_set():
     scores = evaluator.evaluate()["sem_seg"]
     # Accumulated: intersection 5, predicted 6, truth 9 -> IoU 5/10, Dice 10/15.
     assert scores == pytest.approx({"IoU": 50.0, "Dice": 200 / 3})
-    assert overlap_scores(0, 0, 0) == {"IoU": 100.0, "Dice": 100.0}
+    assert overlap_scores(0, 0, 0) == {"IoU": 1.0, "Dice": 1.0}
     assert overlap_scores(0, 3, 0) == {"IoU": 0.0, "Dice": 0.0}
 
 
@@ -170,7 +171,7 @@ def test_evaluator_per_level_with_timing(datasets):
     cfg = quick_cfg("semantic_2d_quick.yaml")
     model = build_model(cfg)
     loader = build_semantic_test_loader(cfg, "liver_val")
-    evaluator = SemanticEvaluator("liver_val", model)
+    evaluator = InferenceModes(model, SemanticEvaluator("liver_val"))
     scores = inference_on_dataset(model, loader, evaluator)["sem_seg"]
     expected = {f"{metric}{mode}" for mode in ("", "_L1", "_L2", "_accurate")
                 for metric in ("IoU", "Dice")}
@@ -195,7 +196,8 @@ def test_3d_training_step_and_evaluation(datasets):
     loader = build_semantic_test_loader(cfg, "nodule_val")
     sample = next(iter(loader))[0]
     assert sample["image"].shape == (1, 16, 16, 16) and sample["sem_seg"].shape == (32, 32, 32)
-    scores = inference_on_dataset(model, loader, SemanticEvaluator("nodule_val", model))
+    scores = inference_on_dataset(model, loader,
+                                  InferenceModes(model, SemanticEvaluator("nodule_val")))
     assert 0 <= scores["sem_seg"]["IoU_L2"] <= 100
 
 
@@ -251,8 +253,8 @@ def test_compare_runs_cli_tabulates_evaluated_runs(datasets, tmp_path, capsys):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.yaml").write_text(cfg.dump())
         model = build_model(cfg)
-        evaluator = SemanticEvaluator("liver_val", model,
-                                      output_dir=str(tmp_path / name / "inference" / "liver_val"))
+        evaluator = InferenceModes(model, SemanticEvaluator(
+            "liver_val", output_dir=str(tmp_path / name / "inference" / "liver_val")))
         scores = inference_on_dataset(model, build_semantic_test_loader(cfg, "liver_val"),
                                       evaluator)["sem_seg"]
         expected[name] = (model.net.parameter_count(), scores)

@@ -225,11 +225,11 @@ def test_summary_and_table():
     assert metrics["dsb_map"] == pytest.approx(1 / 3)       # only the empty image 3 scores
     assert metrics["coco_segm"] == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
     scalars = summary_scalars(metrics)
-    assert scalars["dsb_precision-0.50"] == pytest.approx(1 / 3)
+    assert scalars["dsb_precision-0.50"] == pytest.approx(100 / 3)
     assert {"dsb_map", "aji", "dice", "iou", "f1_50", "segm_AP"} <= scalars.keys()
     table = format_metrics_table(metrics)
-    assert re.search(r"^\| dsb_map +\| +0\.3333 \|$", table, re.M)
-    assert re.search(r"^\| segm_AP +\| +0\.0000 \|$", table, re.M) and "0.95" in table
+    assert re.search(r"^\| dsb_map +\| +33\.33 \|$", table, re.M)
+    assert re.search(r"^\| segm_AP +\| +0\.00 \|$", table, re.M) and "0.95" in table
 
 
 def test_bad_results_name_the_source():
@@ -317,8 +317,8 @@ def test_evaluator_on_registered_real_set(real_coco, tmp_path):
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
     scalars = results["nuclei"]
-    assert [scalars[k] for k in ("dsb_map", "aji", "dice", "iou", "f1_50")] == [1.0] * 5
-    assert scalars["segm_AP"] == pytest.approx(1.0)
+    assert [scalars[k] for k in ("dsb_map", "aji", "dice", "iou", "f1_50")] == [100.0] * 5
+    assert scalars["segm_AP"] == pytest.approx(100.0)
     assert all(isinstance(v, float) for v in flatten_results_dict(results).values())
     print_csv_format(results)
     saved = json.loads((tmp_path / "nuclei_metrics.json").read_text())
@@ -351,6 +351,6 @@ def test_evaluator_without_json_uses_detectron2_conversion(tmp_path):
         MetadataCatalog.remove(name)
     # Image 1: one exact hit, one miss (IoU 84/204 = 0.41): TP 1, FP 1, FN 1 everywhere;
     # AJI (100 + 84) / (100 + 204). Image 2: a nucleus and no prediction: all 0.
-    assert scalars["dsb_map"] == pytest.approx((1 / 3 + 0) / 2)
-    assert scalars["aji"] == pytest.approx((184 / 304 + 0) / 2)
-    assert scalars["f1_50"] == pytest.approx((2 / 4 + 0) / 2)
+    assert scalars["dsb_map"] == pytest.approx(100 * (1 / 3 + 0) / 2)
+    assert scalars["aji"] == pytest.approx(100 * (184 / 304 + 0) / 2)
+    assert scalars["f1_50"] == pytest.approx(100 * (2 / 4 + 0) / 2)

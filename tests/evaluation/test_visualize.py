@@ -89,7 +89,7 @@ def title_scores(path):
 
 def expected_scores(gt_masks, pred_masks):
     metrics = image_metrics(gt_masks, pred_masks)
-    return [round(metrics[k], 3) for k in ("dsb_map", "aji", "dice", "iou", "f1_50")]
+    return [round(100 * metrics[k], 1) for k in ("dsb_map", "aji", "dice", "iou", "f1_50")]
 
 
 def test_side_by_side_from_results_file(results_case, tmp_path):
@@ -107,8 +107,8 @@ def test_side_by_side_from_results_file(results_case, tmp_path):
         assert title_scores(r.path) == expected_scores(gt_masks, pred_masks)
         assert r.metrics["num_gt"] == len(gt_masks) and r.metrics["num_pred"] == len(pred_masks)
     one = title_scores(rendered[0].path)
-    assert 0 < one[0] < 1 and one[4] == pytest.approx(2 * 2 / (4 + 3), abs=1e-3)
-    assert title_scores(rendered[1].path) == [1.0] * 5
+    assert 0 < one[0] < 100 and one[4] == pytest.approx(100 * 2 * 2 / (4 + 3), abs=0.1)
+    assert title_scores(rendered[1].path) == [100.0] * 5
 
     # The left panel shows all four true discs of image 1, the right panel three.
     pixels = np.asarray(Image.open(rendered[0].path).convert("RGB"))[-panel_height:]

@@ -240,7 +240,7 @@ def test_tiny_study_survives_a_kill_and_reuses_finished_runs(tmp_path):
         for i, seed in enumerate((0, 1)):
             nuclei = json.loads((run[model, seed] / "study_eval" / "nuclei_synthetic_val"
                                  / "nuclei_metrics.json").read_text())
-            assert stats["per_seed"]["dsb_map"][i] == pytest.approx(nuclei["dsb_map"])
+            assert stats["per_seed"]["dsb_map"][i] == pytest.approx(100 * nuclei["dsb_map"])
             assert stats["per_seed"]["segm_AP"][i] == pytest.approx(
                 100 * (nuclei["coco_segm"]["AP"] or 0.0))
     pairs = {p["metric"]: p for p in summary["pairs"]}

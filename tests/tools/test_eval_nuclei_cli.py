@@ -96,8 +96,8 @@ def test_table_and_json(runs, inputs):
     result = runs["ok"]
     assert result.returncode == 0, result.stderr
     # image 1 scores 1, image 2 scores 0
-    assert re.search(r"^\| dsb_map +\| +0\.5000 \|$", result.stdout, re.M)
-    assert re.search(r"^\| precision +(\| 0\.5000 ){10}\|$", result.stdout, re.M)
+    assert re.search(r"^\| dsb_map +\| +50\.00 \|$", result.stdout, re.M)
+    assert re.search(r"^\| precision \(%\) +(\| 50\.00 +){10}\|$", result.stdout, re.M)
     saved = json.loads((inputs["gt"].parent / "o.json").read_text())
     assert saved["dsb_map"] == 0.5 and saved["num_images"] == 2
     assert [m["dsb_map"] for m in saved["per_image"]] == [1.0, 0.0]

@@ -1,11 +1,23 @@
-"""``add_maskrcnn_pp_config(cfg)``: the config keys this project adds to Detectron2's."""
+"""``add_maskrcnn_pp_config(cfg)``: the config keys this project adds to Detectron2's.
+
+The three users of the nested core (the neck ``MODEL.UNETPP``, the mask head
+``MODEL.ROI_MASK_HEAD`` and the semantic nets ``MODEL.SEMANTIC``) share one vocabulary:
+``WIDTHS`` (node channels per level, finest first), ``NODE_CONVS`` (3x3 convolutions per
+node), ``UPSAMPLE`` and ``NORM``; the two deep-supervised ones add
+``DEEP_SUPERVISION_WEIGHTS`` and ``INFERENCE_LEVEL`` (0: accurate, j: UNet++ L_j). The
+names used before still load for one release, with a ``FutureWarning`` naming the new key.
+"""
 from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, NamedTuple
 
 from detectron2.config import CfgNode as CN
 
 from .utils.errors import UserError
 
-__all__ = ["add_maskrcnn_pp_config", "check_input_config"]
+__all__ = ["add_maskrcnn_pp_config", "check_input_config", "upgrade_deprecated_keys",
+           "nested_core_node", "DEPRECATED_KEYS"]
 
 # Channels of the image each INPUT.FORMAT gives the model.
 _FORMAT_CHANNELS = {"BGR": 3, "RGB": 3, "YUV-BT.601": 3, "L": 1}
@@ -33,30 +45,35 @@ def _add_backbone_config(cfg: CN) -> None:
     cfg.MODEL.UNETPP.IN_FEATURES = ["res2", "res3", "res4", "res5"]
     # Channels of p2..p6, as FPN's OUT_CHANNELS, so RPN and ROI heads are unchanged.
     cfg.MODEL.UNETPP.OUT_CHANNELS = 256
-    # Width of the lateral projections and of every nested node X^{i,j}.
-    cfg.MODEL.UNETPP.WIDTH = 128
+    # Width of the lateral projection and of the nested nodes X^{i,j} of each level.
+    cfg.MODEL.UNETPP.WIDTHS = [128, 128, 128, 128]
     cfg.MODEL.UNETPP.NORM = "GN"
     # Node block H: a 1x1 fusion of the concatenated inputs, then NODE_CONVS 3x3 convs.
     cfg.MODEL.UNETPP.FUSE_1X1 = True
     cfg.MODEL.UNETPP.NODE_CONVS = 1
     cfg.MODEL.UNETPP.UPSAMPLE = "nearest"
+    cfg.MODEL.UNETPP.WIDTH = None  # deprecated: WIDTHS
 
 
 def _add_mask_head_config(cfg: CN) -> None:
     """Keys of ``UNetPPMaskHead`` under cfg.MODEL.ROI_MASK_HEAD."""
     head = cfg.MODEL.ROI_MASK_HEAD
-    if "UNETPP_WIDTHS" in head:
+    if "WIDTHS" in head:
         return
     # Node widths per level of the head's UNet++ (level 0 at the pooler resolution).
-    # K = len(UNETPP_WIDTHS) - 1 deep-supervised outputs X^{0,1}..X^{0,K}, K >= 2.
-    head.UNETPP_WIDTHS = [64, 128, 256]
-    head.UNETPP_NODE_CONVS = 2
-    # Weight of loss_mask_1..loss_mask_K; empty means 1/K each, so the mask term has the
-    # same scale as Mask R-CNN's single loss_mask.
+    # K = len(WIDTHS) - 1 deep-supervised outputs X^{0,1}..X^{0,K}, K >= 2.
+    head.WIDTHS = [64, 128, 256]
+    head.NODE_CONVS = 2
+    # U(.) inside the head's nested pathways: "transpose", "nearest" or "bilinear".
+    head.UPSAMPLE = "transpose"
+    # Weight of loss_mask_1..loss_mask_K; empty means 1/K each (the mean), so the mask
+    # term has the scale of Mask R-CNN's single loss_mask.
     head.DEEP_SUPERVISION_WEIGHTS = []
     # 0: accurate (mean of the K outputs' probabilities); j in 1..K: fast, the pruned
     # sub-network of output j alone.
     head.INFERENCE_LEVEL = 0
+    head.UNETPP_WIDTHS = None  # deprecated: WIDTHS
+    head.UNETPP_NODE_CONVS = None  # deprecated: NODE_CONVS
 
 
 def _add_semantic_config(cfg: CN) -> None:
@@ -76,10 +93,13 @@ def _add_semantic_config(cfg: CN) -> None:
     sem.NUM_CLASSES = 1
     # UNet++ only: a head and a loss on every X^{0,j} (loss_seg_1..L).
     sem.DEEP_SUPERVISION = True
+    # Weight of loss_seg_1..loss_seg_L; empty means 1/L each (the mean of the L losses).
+    sem.DEEP_SUPERVISION_WEIGHTS = []
     sem.NORM = "BN"
     # "transpose" (the reference code's 2x2 transposed conv), "nearest" or "bilinear".
     sem.UPSAMPLE = "transpose"
-    sem.NUM_CONVS = 2
+    sem.NODE_CONVS = 2
+    sem.NUM_CONVS = None  # deprecated: NODE_CONVS
     # 0: accurate mode (mean of the outputs); j in 1..L: fast mode, the pruned UNet++ L_j.
     sem.INFERENCE_LEVEL = 0
     # Eq. 2: BCE_WEIGHT * BCE + (1 - Dice), Dice smoothed by DICE_SMOOTH.
@@ -137,3 +157,65 @@ def check_input_config(cfg: CN, source: str) -> None:
         if len(values) != channels:
             raise UserError(f"{source}: MODEL.{key} has {len(values)} value(s) {values} but "
                             f"INPUT.FORMAT {cfg.INPUT.FORMAT} gives {channels} channel(s)")
+
+
+class DeprecatedKey(NamedTuple):
+    old: str
+    new: str
+    # The new key's value from the old one's and the config (e.g. a scalar width to a list).
+    convert: Callable[[Any, CN], Any] = lambda value, cfg: value
+
+
+DEPRECATED_KEYS = (
+    DeprecatedKey("MODEL.UNETPP.WIDTH", "MODEL.UNETPP.WIDTHS",
+                  lambda width, cfg: [width] * len(cfg.MODEL.UNETPP.IN_FEATURES)),
+    DeprecatedKey("MODEL.ROI_MASK_HEAD.UNETPP_WIDTHS", "MODEL.ROI_MASK_HEAD.WIDTHS"),
+    DeprecatedKey("MODEL.ROI_MASK_HEAD.UNETPP_NODE_CONVS", "MODEL.ROI_MASK_HEAD.NODE_CONVS"),
+    DeprecatedKey("MODEL.SEMANTIC.NUM_CONVS", "MODEL.SEMANTIC.NODE_CONVS"),
+)
+
+
+def _split(key: str) -> tuple[str, str]:
+    node, _, name = key.rpartition(".")
+    return node, name
+
+
+def _node(cfg: CN, path: str) -> CN:
+    for name in path.split("."):
+        cfg = cfg.get(name, CN())
+    return cfg
+
+
+def _set_deprecated(cfg: CN) -> list[DeprecatedKey]:
+    """The deprecated keys that hold a value in ``cfg``."""
+    return [key for key in DEPRECATED_KEYS
+            if _node(cfg, _split(key.old)[0]).get(_split(key.old)[1]) is not None]
+
+
+def upgrade_deprecated_keys(cfg: CN, source: str = "config") -> CN:
+    """Move the values of old key names to their new keys, each with a ``FutureWarning``
+    naming the new key, and remove the old keys (in place, on an unfrozen config), so that
+    the config a run saves speaks only the current vocabulary. An old key set in the
+    config overrides its new key."""
+    for key in _set_deprecated(cfg):
+        old_node, old_name = _split(key.old)
+        new_node, new_name = _split(key.new)
+        value = _node(cfg, old_node)[old_name]
+        warnings.warn(f"{source}: {key.old} is deprecated and will be removed in the next "
+                      f"release; use {key.new} instead", FutureWarning, stacklevel=2)
+        _node(cfg, new_node)[new_name] = key.convert(value, cfg)
+    for key in DEPRECATED_KEYS:
+        node, name = _split(key.old)
+        _node(cfg, node).pop(name, None)
+    return cfg
+
+
+def nested_core_node(cfg: CN, path: str) -> CN:
+    """The config node at ``path`` (e.g. ``"MODEL.SEMANTIC"``) with deprecated keys
+    upgraded: what the builders read, so that a config merged by plain Detectron2 calls
+    (``cfg.merge_from_file``) with old key names builds the same model."""
+    if _set_deprecated(cfg):
+        cfg = cfg.clone()
+        cfg.defrost()
+        upgrade_deprecated_keys(cfg)
+    return _node(cfg, path)

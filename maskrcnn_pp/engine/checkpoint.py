@@ -471,6 +471,7 @@ class SafeCheckpointer(compat.CheckpointerHooks, DetectionCheckpointer):
                  if isinstance(value, (torch.Tensor, np.ndarray))}
         self.ndarrays_to_tensors(state)
         state = convert_to_detectron2_resnet(state)
+        _upgrade_earlier_versions(self.model, state)
         trunk = _trunk_prefix(own)
         if trunk is not None:
             state = {trunk + key if _BARE_RESNET_NAME.match(key) else key: value
@@ -540,6 +541,15 @@ class SafeCheckpointer(compat.CheckpointerHooks, DetectionCheckpointer):
 
     def log_incompatible_keys(self, incompatible) -> None:
         """``_check_fit`` has already said what did not match."""
+
+
+def _upgrade_earlier_versions(model: torch.nn.Module, state: dict[str, Any]) -> None:
+    """Let modules whose parameter names changed between releases rename a file's old keys
+    (their ``upgrade_state_dict(state, prefix)``), so checkpoints of earlier versions load."""
+    for name, module in model.named_modules():
+        upgrade = getattr(module, "upgrade_state_dict", None)
+        if callable(upgrade):
+            upgrade(state, f"{name}." if name else "")
 
 
 def load_inference_weights(model: torch.nn.Module, path: str, *,

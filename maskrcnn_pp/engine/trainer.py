@@ -24,7 +24,7 @@ from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
 
 from .. import compat
-from ..config import add_maskrcnn_pp_config, check_input_config
+from ..config import add_maskrcnn_pp_config, check_input_config, upgrade_deprecated_keys
 from ..data.mapper import CheckedDatasetMapper
 from ..data.sampling import build_resumable_train_loader
 from ..data.semantic import build_semantic_test_loader, build_semantic_train_loader
@@ -240,7 +240,7 @@ class Trainer(DefaultTrainer):
 _GROUP_NORM_WIDTHS = {
     "MODEL.RESNETS.NORM": ("MODEL.RESNETS.STEM_OUT_CHANNELS", "MODEL.RESNETS.RES2_OUT_CHANNELS",
                            "MODEL.RESNETS.WIDTH_PER_GROUP"),
-    "MODEL.UNETPP.NORM": ("MODEL.UNETPP.WIDTH", "MODEL.UNETPP.OUT_CHANNELS"),
+    "MODEL.UNETPP.NORM": ("MODEL.UNETPP.WIDTHS", "MODEL.UNETPP.OUT_CHANNELS"),
     "MODEL.FPN.NORM": ("MODEL.FPN.OUT_CHANNELS",),
     "MODEL.ROI_BOX_HEAD.NORM": ("MODEL.ROI_BOX_HEAD.CONV_DIM",),
     "MODEL.ROI_MASK_HEAD.NORM": ("MODEL.ROI_MASK_HEAD.CONV_DIM",),
@@ -270,16 +270,22 @@ def _group_norm_problem(cfg: CfgNode, channels: int, groups: int) -> str:
             node = node[part]
         return node
 
-    keys = [key for norm, widths in _GROUP_NORM_WIDTHS.items() if value(norm) == "GN"
-            for key in widths if isinstance(value(key), int) and value(key) % groups]
-    exact = [key for key in keys if value(key) == channels]
+    def widths(key: str) -> list:
+        return list(value(key)) if isinstance(value(key), (list, tuple)) else [value(key)]
+
+    keys = [key for norm, names in _GROUP_NORM_WIDTHS.items() if value(norm) == "GN"
+            for key in names if any(isinstance(w, int) and w % groups for w in widths(key))]
+    exact = [key for key in keys if channels in widths(key)]
     named = (exact or keys)[:1]
     if not named:
         return (f"a GroupNorm layer has {channels} channels, which its {groups} groups do not "
                 "divide: make every width normalized with NORM 'GN' a multiple of "
                 f"{groups}")
-    return (f"{named[0]} = {value(named[0])} is not a multiple of {groups}, the group count "
-            f"of GroupNorm (NORM 'GN'): use a multiple of {groups} or another NORM")
+    key = named[0]
+    bad = value(key) if key not in exact or not isinstance(value(key), (list, tuple)) else \
+        f"{list(value(key))}: {channels}"
+    return (f"{key} = {bad} is not a multiple of {groups}, the group count of GroupNorm "
+            f"(NORM 'GN'): use a multiple of {groups} or another NORM")
 
 
 def _drop_metrics_from(path: str, start_iter: int) -> None:
@@ -350,6 +356,7 @@ def load_config(config_file: str, opts: Optional[List[str]] = None) -> CfgNode:
         raise UserError(f"{config_file}: {err.args[0]}") from None
     except (ValueError, AssertionError, TypeError) as err:
         raise UserError(f"{config_file}: {err}") from None
+    upgrade_deprecated_keys(cfg, config_file)
     check_input_config(cfg, config_file)
     for key in ("TRAIN", "TEST"):
         for name in cfg.DATASETS[key]:

@@ -100,7 +100,7 @@ class _SemanticGraph(nn.Module):
         self.level = level
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.predict((x - self.pixel_mean) / self.pixel_std, self.level or None)
+        return self.net.predict((x - self.pixel_mean) / self.pixel_std, self.level)
 
 
 def _pruned(net: NestedSegmentationNet, level: int) -> NestedSegmentationNet:

@@ -9,7 +9,7 @@ channels are FPN's (``p2``..``p6``), so RPN and ROI-head configs are unchanged.
 from __future__ import annotations
 
 import math
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import torch
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
@@ -18,15 +18,11 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from torch import nn
 
+from ..config import nested_core_node
 from .nested import NestedSkipPathways
+from .norm import nested_norm
 
-__all__ = ["UNetPPNeck", "build_resnet_unetpp_backbone", "nested_norm"]
-
-
-def nested_norm(norm: str):
-    """A Detectron2 norm name as the nested core takes it. "GN" stays a name: the core's
-    GroupNorm uses gcd(32, C) groups, so narrow nodes (< 32 channels) work too."""
-    return norm if norm in ("", "GN") else (lambda channels: get_norm(norm, channels))
+__all__ = ["UNetPPNeck", "build_resnet_unetpp_backbone"]
 
 
 class UNetPPNeck(Backbone):
@@ -36,14 +32,15 @@ class UNetPPNeck(Backbone):
         bottom_up: a Detectron2 backbone (e.g. ResNet) producing ``in_features``.
         in_features: bottom-up feature names, finest first; each is one level.
         out_channels: channels of every output (FPN's OUT_CHANNELS).
-        width: channels of the lateral projections and of every nested node.
+        widths: channels of the lateral projection and of the nested nodes of each level
+            (one per ``in_features``, finest first).
         norm: Detectron2 norm name ("GN", "BN", "SyncBN", "" ...).
         node_convs, fuse_1x1, upsample: the node block, see ``NestedSkipPathways``.
         top_block: like FPN's, e.g. ``LastLevelMaxPool`` for ``p6``.
     """
 
     def __init__(self, bottom_up: Backbone, in_features: List[str], out_channels: int, *,
-                 width: int = 128, norm: str = "GN", node_convs: int = 1,
+                 widths: Sequence[int], norm: str = "GN", node_convs: int = 1,
                  fuse_1x1: bool = True, upsample: str = "nearest", top_block=None):
         super().__init__()
         shapes = bottom_up.output_shape()
@@ -51,6 +48,9 @@ class UNetPPNeck(Backbone):
         if missing:
             raise ValueError(f"MODEL.UNETPP.IN_FEATURES {missing} are not produced by the "
                              f"bottom-up network (it has {sorted(shapes)})")
+        if len(widths) != len(in_features):
+            raise ValueError(f"MODEL.UNETPP.WIDTHS needs one width per IN_FEATURES level "
+                             f"({len(in_features)}), got {list(widths)}")
         strides = [shapes[f].stride for f in in_features]
         if any(b != 2 * a for a, b in zip(strides, strides[1:])):
             raise ValueError(f"MODEL.UNETPP.IN_FEATURES must be consecutive stride-2 levels, "
@@ -60,15 +60,15 @@ class UNetPPNeck(Backbone):
         self.top_block = top_block
         use_bias = norm == ""
         self.laterals = nn.ModuleList(
-            Conv2d(shapes[f].channels, width, 1, bias=use_bias, norm=get_norm(norm, width))
-            for f in in_features)
+            Conv2d(shapes[f].channels, w, 1, bias=use_bias, norm=get_norm(norm, w))
+            for f, w in zip(in_features, widths))
         self.nested = NestedSkipPathways(
-            [width] * len(in_features), num_convs=node_convs, fuse_1x1=fuse_1x1,
+            widths, num_convs=node_convs, fuse_1x1=fuse_1x1,
             upsample=upsample, norm=nested_norm(norm))
         self.output_convs = nn.ModuleList(
-            Conv2d(width, out_channels, 3, padding=1, bias=use_bias,
+            Conv2d(w, out_channels, 3, padding=1, bias=use_bias,
                    norm=get_norm(norm, out_channels))
-            for _ in in_features)
+            for w in widths)
         for conv in [*self.laterals, *self.output_convs]:
             nn.init.kaiming_uniform_(conv.weight, a=1)
             if conv.bias is not None:
@@ -112,8 +112,8 @@ class UNetPPNeck(Backbone):
 def build_resnet_unetpp_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
     """ResNet (any depth) + the UNet++ neck; configured by cfg.MODEL.RESNETS / UNETPP."""
     bottom_up = build_resnet_backbone(cfg, input_shape)
-    opts = cfg.MODEL.UNETPP
+    opts = nested_core_node(cfg, "MODEL.UNETPP")
     return UNetPPNeck(
-        bottom_up, opts.IN_FEATURES, opts.OUT_CHANNELS, width=opts.WIDTH, norm=opts.NORM,
+        bottom_up, opts.IN_FEATURES, opts.OUT_CHANNELS, widths=opts.WIDTHS, norm=opts.NORM,
         node_convs=opts.NODE_CONVS, fuse_1x1=opts.FUSE_1X1, upsample=opts.UPSAMPLE,
         top_block=LastLevelMaxPool())

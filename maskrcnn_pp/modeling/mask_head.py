@@ -4,10 +4,13 @@ The head's nested pathways run at the pooler resolution (14x14 by default); each
 K outputs ``X^{0,1}..X^{0,K}`` has its own predictor (2x up-sampling + 1x1 conv) giving
 the usual 28x28 per-class mask logits, and its own loss, ``loss_mask_j``. At inference
 the head either averages the K outputs' probabilities (accurate mode) or runs only the
-sub-network that output j needs (fast mode), as UNet++'s pruning does.
+sub-network that output j needs (fast mode), as UNet++'s pruning does; the outputs, their
+loss weights and the two modes are :class:`DeepSupervisionHeads`, shared with the
+semantic UNet++.
 """
 from __future__ import annotations
 
+import re
 from typing import Dict, List, Sequence, Union
 
 import torch
@@ -21,10 +24,15 @@ from detectron2.modeling.roi_heads.mask_head import (
 from detectron2.structures import Instances
 from torch import nn
 
-from .backbone import nested_norm
+from ..config import nested_core_node
+from .deep_supervision import ACCURATE, DeepSupervisionHeads, mean_probabilities
 from .nested import NestedSkipPathways
+from .norm import nested_norm
 
 __all__ = ["UNetPPMaskHead", "attach_mask_probabilities"]
+
+# Checkpoints written before the heads were shared kept them in a list, "predictors.<j-1>".
+_LEGACY_HEAD_KEY = re.compile(r"predictors\.(\d+)\.")
 
 
 def attach_mask_probabilities(mask_probs: torch.Tensor, instances: List[Instances]) -> None:
@@ -47,34 +55,29 @@ class UNetPPMaskHead(BaseMaskRCNNHead):
         input_shape: the pooled ROI features.
         num_classes: mask classes (1 for class-agnostic masks).
         widths: node channels per level; ``K = len(widths) - 1`` supervised outputs.
-        node_convs, norm: the node block H of the nested pathways.
+        node_convs, norm, upsample: the node block H and U(.) of the nested pathways.
         loss_weights: weight of each ``loss_mask_j``; defaults to 1/K each.
         inference_level: 0 = mean of all K outputs' probabilities, j = output j alone.
     """
 
     @configurable
     def __init__(self, input_shape: ShapeSpec, *, num_classes: int, widths: Sequence[int],
-                 node_convs: int = 2, norm: str = "", loss_weights: Sequence[float] = (),
-                 inference_level: int = 0, **kwargs):
+                 node_convs: int = 2, norm: str = "", upsample: str = "transpose",
+                 loss_weights: Sequence[float] = (), inference_level: int = ACCURATE, **kwargs):
         super().__init__(**kwargs)
         if len(widths) < 3:
-            raise ValueError("MODEL.ROI_MASK_HEAD.UNETPP_WIDTHS needs at least 3 levels "
+            raise ValueError("MODEL.ROI_MASK_HEAD.WIDTHS needs at least 3 levels "
                              f"(K >= 2 deep-supervised outputs), got {list(widths)}")
-        self.num_outputs = len(widths) - 1
-        if loss_weights and len(loss_weights) != self.num_outputs:
-            raise ValueError(f"MODEL.ROI_MASK_HEAD.DEEP_SUPERVISION_WEIGHTS has "
-                             f"{len(loss_weights)} values for {self.num_outputs} outputs")
-        if not 0 <= inference_level <= self.num_outputs:
-            raise ValueError(f"MODEL.ROI_MASK_HEAD.INFERENCE_LEVEL must be in "
-                             f"0..{self.num_outputs}, got {inference_level}")
-        self.loss_weights = [float(w) for w in loss_weights] or [1.0 / self.num_outputs] * (
-            self.num_outputs)
-        self.inference_level = inference_level
         self.nested = NestedSkipPathways(
             widths, in_channels=input_shape.channels, num_convs=node_convs,
-            norm=nested_norm(norm), upsample="transpose")
-        self.predictors = nn.ModuleList(self._predictor(widths[0], num_classes)
-                                        for _ in range(self.num_outputs))
+            norm=nested_norm(norm), upsample=upsample)
+        self.heads = DeepSupervisionHeads(
+            range(1, len(widths)), lambda: self._predictor(widths[0], num_classes),
+            loss_weights=loss_weights, config_prefix="MODEL.ROI_MASK_HEAD")
+        self.inference_level = self.heads.check_level(inference_level)
+        self.register_load_state_dict_pre_hook(
+            lambda module, state_dict, prefix, *args: module.upgrade_state_dict(state_dict,
+                                                                                prefix))
 
     @staticmethod
     def _predictor(channels: int, num_classes: int) -> nn.Sequential:
@@ -86,36 +89,47 @@ class UNetPPMaskHead(BaseMaskRCNNHead):
         nn.init.zeros_(logits.bias)
         return nn.Sequential(upsample, nn.ReLU(inplace=True), logits)
 
+    @staticmethod
+    def upgrade_state_dict(state_dict: dict, prefix: str) -> None:
+        """Rename, in place, the keys of checkpoints written by earlier versions
+        (``predictors.<j-1>.*`` is now ``heads.<j>.*``), so that they still load; called by
+        ``load_state_dict`` and by the project's checkpointer before it checks the fit."""
+        for key in [k for k in state_dict if k.startswith(prefix + "predictors.")]:
+            rest = key[len(prefix):]
+            new = _LEGACY_HEAD_KEY.sub(lambda m: f"heads.{int(m.group(1)) + 1}.", rest, count=1)
+            state_dict[prefix + new] = state_dict.pop(key)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.heads.levels)
+
     @classmethod
     def from_config(cls, cfg, input_shape):
-        head = cfg.MODEL.ROI_MASK_HEAD
+        head = nested_core_node(cfg, "MODEL.ROI_MASK_HEAD")
         return {
             "input_shape": input_shape,
             "num_classes": 1 if head.CLS_AGNOSTIC_MASK else cfg.MODEL.ROI_HEADS.NUM_CLASSES,
-            "widths": list(head.UNETPP_WIDTHS),
-            "node_convs": head.UNETPP_NODE_CONVS,
+            "widths": list(head.WIDTHS),
+            "node_convs": head.NODE_CONVS,
             "norm": head.NORM,
+            "upsample": head.UPSAMPLE,
             "loss_weights": list(head.DEEP_SUPERVISION_WEIGHTS),
             "inference_level": head.INFERENCE_LEVEL,
             "vis_period": cfg.VIS_PERIOD,
         }
 
-    def layers(self, x: torch.Tensor, levels: Sequence[int] = ()) -> Dict[int, torch.Tensor]:
-        """Mask logits of the requested outputs (all K by default), keyed by output j."""
-        levels = list(levels) or list(range(1, self.num_outputs + 1))
-        nodes = self.nested(x, outputs=[(0, j) for j in levels])
-        return {j: self.predictors[j - 1](nodes[(0, j)]) for j in levels}
+    def layers(self, x: torch.Tensor, level: int = ACCURATE) -> Dict[int, torch.Tensor]:
+        """Mask logits of the outputs a level reads (all K for 0), keyed by output j."""
+        nodes = self.nested(x, outputs=self.heads.nodes_of(level))
+        return self.heads(nodes, self.heads.outputs_of(level))
 
     def forward(self, x: torch.Tensor, instances: List[Instances]
                 ) -> Union[Dict[str, torch.Tensor], List[Instances]]:
         if self.training:
-            logits = self.layers(x)
-            return {
-                f"loss_mask_{j}": mask_rcnn_loss(
-                    logits[j], instances, self.vis_period if j == self.num_outputs else 0)
-                * self.loss_weights[j - 1]
-                for j in logits}
-        levels = [self.inference_level] if self.inference_level else []
-        probs = torch.stack([v.sigmoid() for v in self.layers(x, levels).values()]).mean(0)
-        attach_mask_probabilities(probs, instances)
+            losses = {j: mask_rcnn_loss(logits, instances,
+                                        self.vis_period if j == self.num_outputs else 0)
+                      for j, logits in self.layers(x).items()}
+            return self.heads.weighted_losses(losses, "loss_mask")
+        logits = self.layers(x, self.inference_level).values()
+        attach_mask_probabilities(mean_probabilities(logits, torch.sigmoid), instances)
         return instances

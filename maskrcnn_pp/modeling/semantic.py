@@ -2,9 +2,11 @@
 
 The two networks differ only in the core's ``dense`` flag and in which nodes feed a 1x1
 output head. UNet++ supervises every top node ``X^{0,1..L}`` (deep supervision) and can
-either average them (accurate mode) or run only the nodes one output depends on (fast
-mode, the pruned sub-network ``UNet++ L_j``). Parameter counts with the defaults (one input
-channel, one class, BN, transposed-convolution up-sampling as in the reference Keras code):
+either average them (accurate mode, level 0) or run only the nodes one output depends on
+(fast mode, level j: the pruned sub-network ``UNet++ L_j``); the heads, the loss
+reduction and the two modes are :class:`DeepSupervisionHeads`, shared with the mask head.
+Parameter counts with the defaults (one input channel, one class, BN,
+transposed-convolution up-sampling as in the reference Keras code):
 
 - UNet++ with four 1x1 heads: 9.045M (paper 9.04M)
 - U-Net 32..512: 7.762M (paper 7.76M)
@@ -20,13 +22,20 @@ it states and report the count they give.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .deep_supervision import (
+    ACCURATE,
+    DeepSupervisionHeads,
+    mean_probabilities,
+    supervision_weights,
+    weighted_losses,
+)
 from .nested import NestedSkipPathways, Node, NormSpec, required_nodes
 
 __all__ = ["NestedSegmentationNet", "UNetPlusPlus", "UNet", "WIDE_UNET_WIDTHS",
@@ -47,13 +56,15 @@ class NestedSegmentationNet(nn.Module):
         dense: True for UNet++'s dense skip pathways, False for U-Net's plain skips.
         deep_supervision: a head on every ``X^{0,j}``, ``j = 1..L`` (needs ``dense``);
             otherwise one head on ``X^{0,L}``.
-        norm, upsample, num_convs, activation: the node block and up-sampling of the core.
+        norm, upsample, node_convs, activation: the node block and up-sampling of the core.
+        loss_weights: ``w_j`` of each supervised output's loss; empty means ``1/K``.
     """
 
     def __init__(self, *, in_channels: int, num_classes: int, widths: Sequence[int], dims: int,
                  dense: bool, deep_supervision: bool, norm: NormSpec = "BN",
-                 upsample: str = "transpose", num_convs: int = 2,
-                 activation: Callable[[], nn.Module] = nn.ReLU):
+                 upsample: str = "transpose", node_convs: int = 2,
+                 activation: Callable[[], nn.Module] = nn.ReLU,
+                 loss_weights: Sequence[float] = ()):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -61,54 +72,59 @@ class NestedSegmentationNet(nn.Module):
             raise ValueError("deep supervision needs the dense skip pathways: U-Net has no "
                              "intermediate top nodes X^{0,j}, j < L")
         self.pathways = NestedSkipPathways(widths, in_channels=in_channels, dims=dims,
-                                           num_convs=num_convs, norm=norm,
+                                           num_convs=node_convs, norm=norm,
                                            activation=activation, upsample=upsample,
                                            dense=dense)
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.dims = dims
         depth = self.pathways.depth
-        self.levels: tuple[int, ...] = (tuple(range(1, depth + 1)) if deep_supervision
-                                        else (depth,))
         conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
-        self.heads = nn.ModuleDict({str(j): conv(self.pathways.widths[0], num_classes, 1)
-                                    for j in self.levels})
+        self.heads = DeepSupervisionHeads(
+            range(1, depth + 1) if deep_supervision else (depth,),
+            lambda: conv(self.pathways.widths[0], num_classes, 1),
+            loss_weights=loss_weights, config_prefix="MODEL.SEMANTIC")
 
-    def _logits(self, x: torch.Tensor, levels: Sequence[int]) -> list[torch.Tensor]:
-        values = self.pathways(x, outputs=[(0, j) for j in levels])
-        return [self.heads[str(j)](values[(0, j)]) for j in levels]
+    @property
+    def levels(self) -> tuple[int, ...]:
+        """The supervised outputs ``j``, i.e. the fast-mode levels this network offers."""
+        return self.heads.levels
+
+    def logits(self, x: torch.Tensor, level: int = ACCURATE) -> dict[int, torch.Tensor]:
+        """Logits of the outputs a level reads (every output for 0), keyed by ``j``; only
+        the nodes they depend on are computed."""
+        values = self.pathways(x, outputs=self.heads.nodes_of(level))
+        return self.heads(values, self.heads.outputs_of(level))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Logits of every supervised output, shallowest first (train and eval alike)."""
-        return self._logits(x, self.levels)
+        return list(self.logits(x).values())
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Sigmoid for one class, softmax over the class channel otherwise."""
         return torch.sigmoid(logits) if self.num_classes == 1 else logits.softmax(dim=1)
 
-    def _check_level(self, level: int) -> None:
-        if level not in self.levels:
-            raise ValueError(f"level {level} is not an output of this network; available "
-                             f"levels: {list(self.levels)} (None for the accurate mode)")
-
-    def predict(self, x: torch.Tensor, level: int | None = None) -> torch.Tensor:
-        """Probabilities. ``level=None``: the mean over all outputs (accurate mode);
+    def predict(self, x: torch.Tensor, level: int = ACCURATE) -> torch.Tensor:
+        """Probabilities. ``level=0``: the mean over all outputs (accurate mode);
         ``level=j``: output ``X^{0,j}`` alone, computing only the nodes it depends on
         (fast mode, UNet++ L_j)."""
-        if level is None:
-            return torch.stack([self.probabilities(z) for z in self(x)]).mean(dim=0)
-        self._check_level(level)
-        return self.probabilities(self._logits(x, [level])[0])
+        return mean_probabilities(self.logits(x, level).values(), self.probabilities)
+
+    def losses(self, x: torch.Tensor, target: torch.Tensor, **loss_kwargs
+               ) -> dict[str, torch.Tensor]:
+        """``loss_seg_j``: the weighted loss of every supervised output (Eq. 2 each)."""
+        return deep_supervision_losses(self.logits(x), target,
+                                       weights=self.heads.loss_weights, **loss_kwargs)
 
     def pruned_nodes(self, level: int) -> list[Node]:
-        """The nodes UNet++ L_j keeps: every node output ``X^{0,j}`` depends on."""
-        self._check_level(level)
-        return sorted(required_nodes([(0, level)], self.pathways.dense))
+        """The nodes UNet++ L_j keeps: every node output ``X^{0,j}`` depends on (level 0:
+        every node of the network)."""
+        return sorted(required_nodes(self.heads.nodes_of(level), self.pathways.dense))
 
-    def parameter_count(self, level: int | None = None) -> int:
-        """Parameters of the whole network (``None``) or of the sub-network L_j: its nodes,
-        their up-sampling layers and head ``j``."""
-        if level is None:
+    def parameter_count(self, level: int = ACCURATE) -> int:
+        """Parameters of the whole network (level 0, the accurate mode) or of the
+        sub-network L_j: its nodes, their up-sampling layers and head ``j``."""
+        if self.heads.check_level(level) == ACCURATE:
             return sum(p.numel() for p in self.parameters())
         modules: list[nn.Module] = [self.heads[str(level)]]
         for node in self.pruned_nodes(level):
@@ -126,11 +142,13 @@ class UNetPlusPlus(NestedSegmentationNet):
     def __init__(self, in_channels: int = 1, num_classes: int = 1,
                  widths: Sequence[int] = PAPER_WIDTHS, dims: int = 2,
                  deep_supervision: bool = True, norm: NormSpec = "BN",
-                 upsample: str = "transpose", num_convs: int = 2,
-                 activation: Callable[[], nn.Module] = nn.ReLU):
+                 upsample: str = "transpose", node_convs: int = 2,
+                 activation: Callable[[], nn.Module] = nn.ReLU,
+                 loss_weights: Sequence[float] = ()):
         super().__init__(in_channels=in_channels, num_classes=num_classes, widths=widths,
                          dims=dims, dense=True, deep_supervision=deep_supervision, norm=norm,
-                         upsample=upsample, num_convs=num_convs, activation=activation)
+                         upsample=upsample, node_convs=node_convs, activation=activation,
+                         loss_weights=loss_weights)
 
 
 class UNet(NestedSegmentationNet):
@@ -141,11 +159,11 @@ class UNet(NestedSegmentationNet):
 
     def __init__(self, in_channels: int = 1, num_classes: int = 1,
                  widths: Sequence[int] = PAPER_WIDTHS, dims: int = 2, norm: NormSpec = "BN",
-                 upsample: str = "transpose", num_convs: int = 2,
+                 upsample: str = "transpose", node_convs: int = 2,
                  activation: Callable[[], nn.Module] = nn.ReLU):
         super().__init__(in_channels=in_channels, num_classes=num_classes, widths=widths,
                          dims=dims, dense=False, deep_supervision=False, norm=norm,
-                         upsample=upsample, num_convs=num_convs, activation=activation)
+                         upsample=upsample, node_convs=node_convs, activation=activation)
 
 
 def _soft_dice(probs: torch.Tensor, onehot: torch.Tensor, smooth: float) -> torch.Tensor:
@@ -184,12 +202,17 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, *, bce_weight:
     return bce_weight * ce + (1 - dice.mean())
 
 
-def deep_supervision_losses(outputs: Sequence[torch.Tensor], target: torch.Tensor,
+def deep_supervision_losses(outputs: Mapping[int, torch.Tensor] | Sequence[torch.Tensor],
+                            target: torch.Tensor, *, weights: Mapping[int, float] | None = None,
                             **kwargs) -> dict[str, torch.Tensor]:
-    """``{"loss_seg_k": loss of output k}`` for outputs ``k = 1..K`` (shallowest first).
+    """``{"loss_seg_j": w_j * loss of output j}``, Eq. 2 for each output.
 
-    Detectron2 sums the dict, so the total is the sum over the supervised outputs, and
-    each term is logged on its own.
+    ``outputs`` are keyed by ``j`` (a sequence is numbered 1..K, shallowest first) and the
+    weights ``w_j`` default to ``1/K``: the mean, the one reduction of
+    :mod:`~maskrcnn_pp.modeling.deep_supervision`. Detectron2 sums the terms and logs each.
     """
-    return {f"loss_seg_{k}": segmentation_loss(z, target, **kwargs)
-            for k, z in enumerate(outputs, start=1)}
+    if not isinstance(outputs, Mapping):
+        outputs = dict(enumerate(outputs, start=1))
+    weights = weights or supervision_weights(list(outputs))
+    return weighted_losses({j: segmentation_loss(z, target, **kwargs)
+                            for j, z in outputs.items()}, weights, "loss_seg")

@@ -16,20 +16,26 @@ from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
-from .semantic import NestedSegmentationNet, UNet, UNetPlusPlus, deep_supervision_losses
+from ..config import nested_core_node
+from .deep_supervision import ACCURATE
+from .semantic import NestedSegmentationNet, UNet, UNetPlusPlus
 
 __all__ = ["SemanticUNetPP", "build_semantic_net"]
 
 
 def build_semantic_net(cfg: CfgNode) -> NestedSegmentationNet:
     """UNet++ or (wide) U-Net from ``cfg.MODEL.SEMANTIC``."""
-    sem = cfg.MODEL.SEMANTIC
+    sem = nested_core_node(cfg, "MODEL.SEMANTIC")
     common = dict(in_channels=sem.IN_CHANNELS, num_classes=sem.NUM_CLASSES,
                   widths=tuple(sem.WIDTHS), dims=sem.DIMS, norm=sem.NORM,
-                  upsample=sem.UPSAMPLE, num_convs=sem.NUM_CONVS)
+                  upsample=sem.UPSAMPLE, node_convs=sem.NODE_CONVS)
     arch = sem.ARCH.lower()
     if arch == "unetpp":
-        return UNetPlusPlus(deep_supervision=sem.DEEP_SUPERVISION, **common)
+        return UNetPlusPlus(deep_supervision=sem.DEEP_SUPERVISION,
+                            loss_weights=tuple(sem.DEEP_SUPERVISION_WEIGHTS), **common)
+    if sem.DEEP_SUPERVISION_WEIGHTS:
+        raise ValueError("MODEL.SEMANTIC.DEEP_SUPERVISION_WEIGHTS applies to UNet++ with deep "
+                         f"supervision; {sem.ARCH!r} has one output")
     if arch == "unet":
         return UNet(**common)
     raise ValueError(f"MODEL.SEMANTIC.ARCH must be 'unetpp' or 'unet', got {sem.ARCH!r}")
@@ -49,7 +55,7 @@ class SemanticUNetPP(nn.Module):
 
     @configurable
     def __init__(self, *, net: NestedSegmentationNet, pixel_mean: Sequence[float],
-                 pixel_std: Sequence[float], inference_level: int = 0,
+                 pixel_std: Sequence[float], inference_level: int = ACCURATE,
                  bce_weight: float = 0.5, dice_smooth: float = 1.0):
         super().__init__()
         self.net = net
@@ -60,12 +66,12 @@ class SemanticUNetPP(nn.Module):
         shape = (-1,) + (1,) * net.dims
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(shape), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(shape), False)
-        self.inference_level = self._checked_level(inference_level)
+        self.inference_level = net.heads.check_level(inference_level)
         self.loss_kwargs = dict(bce_weight=bce_weight, smooth=dice_smooth)
 
     @classmethod
     def from_config(cls, cfg: CfgNode) -> dict:
-        sem = cfg.MODEL.SEMANTIC
+        sem = nested_core_node(cfg, "MODEL.SEMANTIC")
         return {"net": build_semantic_net(cfg), "pixel_mean": cfg.MODEL.PIXEL_MEAN,
                 "pixel_std": cfg.MODEL.PIXEL_STD, "inference_level": sem.INFERENCE_LEVEL,
                 "bce_weight": sem.BCE_WEIGHT, "dice_smooth": sem.DICE_SMOOTH}
@@ -78,12 +84,6 @@ class SemanticUNetPP(nn.Module):
     def levels(self) -> tuple[int, ...]:
         """The fast-mode levels ``j`` this network offers (all of 1..L with deep supervision)."""
         return self.net.levels
-
-    def _checked_level(self, level: int) -> int:
-        if level != 0 and level not in self.net.levels:
-            raise ValueError(f"inference level {level} (MODEL.SEMANTIC.INFERENCE_LEVEL) is not "
-                             f"available: use 0 (accurate) or one of {list(self.net.levels)}")
-        return level
 
     def preprocess_image(self, batched_inputs: list[dict]) -> torch.Tensor:
         """Stack the images of a batch and normalize them with the pixel mean and std."""
@@ -102,18 +102,15 @@ class SemanticUNetPP(nn.Module):
         images = self.preprocess_image(batched_inputs)
         if self.training:
             target = torch.stack([d["sem_seg"].to(self.device) for d in batched_inputs])
-            return deep_supervision_losses(self.net(images), target, **self.loss_kwargs)
-        return self._postprocess(batched_inputs, self._predict(images, self.inference_level))
+            return self.net.losses(images, target, **self.loss_kwargs)
+        return self._postprocess(batched_inputs, self.net.predict(images, self.inference_level))
 
     def inference(self, batched_inputs: list[dict], level: int | None = None) -> list[dict]:
-        """Predictions in a given mode: ``level`` 0 is accurate, ``j`` is UNet++ L_j; None
-        uses the configured ``inference_level``."""
-        level = self.inference_level if level is None else self._checked_level(level)
+        """Predictions in a given mode: ``level`` 0 is accurate, ``j`` is UNet++ L_j; not
+        given, the configured ``inference_level``."""
+        level = self.inference_level if level is None else self.net.heads.check_level(level)
         return self._postprocess(batched_inputs,
-                                 self._predict(self.preprocess_image(batched_inputs), level))
-
-    def _predict(self, images: torch.Tensor, level: int) -> torch.Tensor:
-        return self.net.predict(images, level=level or None)
+                                 self.net.predict(self.preprocess_image(batched_inputs), level))
 
     def _postprocess(self, batched_inputs: list[dict], probs: torch.Tensor) -> list[dict]:
         """Resize each probability map to the size its input dict asks for."""

@@ -29,6 +29,7 @@ from detectron2.utils.events import EventStorage
 
 from ..data.synthetic import SyntheticNucleiSpec, render_image
 from ..engine.trainer import load_config
+from ..modeling.deep_supervision import ACCURATE
 from ..modeling.semantic import UNet, UNetPlusPlus, deep_supervision_losses
 
 __all__ = ["Candidate", "mask_rcnn_group", "semantic_group", "export_groups", "run_group",
@@ -133,7 +134,7 @@ def mask_rcnn_group(pp_config: str, baseline_config: str, size: int = 256, batch
             Candidate("Mask R-CNN++", partial(_build_mask_rcnn, pp_config, size, batch, device))]
 
 
-def _build_semantic(make: Callable[[], torch.nn.Module], level: Optional[int], size: int,
+def _build_semantic(make: Callable[[], torch.nn.Module], level: int, size: int,
                     batch: int, device: str, dims: int = 2, flops: bool = True
                     ) -> BuiltCandidate:
     from fvcore.nn import FlopCountAnalysis
@@ -210,12 +211,12 @@ def semantic_group(size: int = 96, batch: int = 8, device: str = "cpu",
     cands = [Candidate("UNet++ L4 (fast mode)", semantic(UNetPlusPlus, 4), reference=True)]
     cands += [Candidate(f"UNet++ L{j} (fast mode)", semantic(UNetPlusPlus, j))
               for j in (3, 2, 1)]
-    cands += [Candidate("UNet++ accurate (mean of 4)", semantic(UNetPlusPlus, None)),
-              Candidate("U-Net", semantic(UNet, None)),
-              Candidate("wide U-Net", semantic(_wide_unet, None))]
+    cands += [Candidate("UNet++ accurate (mean of 4)", semantic(UNetPlusPlus, ACCURATE)),
+              Candidate("U-Net", semantic(UNet, ACCURATE)),
+              Candidate("wide U-Net", semantic(_wide_unet, ACCURATE))]
     if with_monai and importlib.util.find_spec("monai") is not None:
         cands.append(Candidate("MONAI BasicUNetPlusPlus (same widths)",
-                               semantic(_monai_unetpp, None)))
+                               semantic(_monai_unetpp, ACCURATE)))
     return cands
 
 

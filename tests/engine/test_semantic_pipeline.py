@@ -90,17 +90,19 @@ def test_cpu_study_configs_differ_only_in_the_network(task):
         return flatten_config(load_config(str(ROOT / "configs" / f"{name}.yaml")))
 
     pp = flat(f"cpu_study/{task}_unetpp")
+    one_output = {"MODEL.SEMANTIC.DEEP_SUPERVISION_WEIGHTS": []}
     for variant, changes in [
-            ("unetpp_nods", {"MODEL.SEMANTIC.DEEP_SUPERVISION": False}),
-            ("unet", {"MODEL.SEMANTIC.ARCH": "unet"}),
-            ("wide_unet", {"MODEL.SEMANTIC.ARCH": "unet",
+            ("unetpp_nods", {"MODEL.SEMANTIC.DEEP_SUPERVISION": False, **one_output}),
+            ("unet", {"MODEL.SEMANTIC.ARCH": "unet", **one_output}),
+            ("wide_unet", {"MODEL.SEMANTIC.ARCH": "unet", **one_output,
                            "MODEL.SEMANTIC.WIDTHS": [9, 18, 35, 70, 140]})]:
         other = flat(f"cpu_study/{task}_{variant}")
         differing = {k: other[k] for k in pp if pp[k] != other[k]}
         assert differing == {**changes, "OUTPUT_DIR": f"output/cpu_study/{task}_{variant}"}
     paper = flat(f"semantic/{task}_unetpp")
     changed = {k for k in pp if pp[k] != paper[k]}
-    assert changed <= {"MODEL.SEMANTIC.WIDTHS", "INPUT.SEMANTIC_SIZE", "DATALOADER.NUM_WORKERS",
+    assert changed <= {"MODEL.SEMANTIC.WIDTHS", "MODEL.SEMANTIC.DEEP_SUPERVISION_WEIGHTS",
+                       "INPUT.SEMANTIC_SIZE", "DATALOADER.NUM_WORKERS",
                        "SOLVER.MAX_ITER", "SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD",
                        "SEED", "OUTPUT_DIR"}
     assert pp["SEED"] == 0 and pp["SOLVER.OPTIMIZER"] == "ADAM"

@@ -79,7 +79,7 @@ def test_mask_head_fast_mode_equals_full_output_at_each_level():
 
 
 def test_mask_head_config_errors_name_the_key():
-    with pytest.raises(ValueError, match="UNETPP_WIDTHS"):
+    with pytest.raises(ValueError, match="ROI_MASK_HEAD.WIDTHS"):
         _head(widths=(16, 32))
     with pytest.raises(ValueError, match="INFERENCE_LEVEL"):
         _head(level=4)

@@ -4,8 +4,10 @@ UNet++ with deep supervision predicts in an accurate mode (level 0, the mean of 
 outputs) and in fast modes L1..L_L (the network pruned to output j; the paper's Fig. 3).
 :class:`InferenceModes` wraps a pure :class:`~maskrcnn_pp.evaluation.semantic.SemanticEvaluator`
 for Detectron2's ``inference_on_dataset``: each batch's outputs go to it as they are, and
-the batch is predicted again in every mode, timed, and handed to it under that mode's name.
-Periodic evaluation (``Trainer.test``), the pruning report and studies use it.
+the batch's predictions in every mode go to it under that mode's name. Scores alone come
+from one more forward pass (``SemanticUNetPP.inference_modes``: periodic evaluation in
+``Trainer.test`` and studies); ``timed=True`` runs each mode's pruned network on its own
+and times it (the pruning report).
 """
 from __future__ import annotations
 
@@ -34,20 +36,28 @@ class InferenceModes(DatasetEvaluator):
     """``evaluator`` fed with ``model``'s outputs and its predictions in every inference mode.
 
     The results are the evaluator's: ``IoU``/``Dice`` of the model's outputs, and
-    ``IoU_<mode>``, ``Dice_<mode>``, ``ms_per_image_<mode>`` of each mode (``L1``..,
-    ``accurate``). Time is the model's alone, with CUDA synchronized around it.
+    ``IoU_<mode>``, ``Dice_<mode>`` of each mode (``L1``.., ``accurate``) and, when
+    ``timed``, ``ms_per_image_<mode>``: the time of the model alone, with CUDA synchronized
+    around it.
     """
 
-    def __init__(self, model: nn.Module, evaluator: SemanticEvaluator):
+    def __init__(self, model: nn.Module, evaluator: SemanticEvaluator, *, timed: bool = False):
         self.modes = inference_modes(model)
         self.model = getattr(model, "module", model)
         self.evaluator = evaluator
+        self.timed = timed
 
     def reset(self) -> None:
         self.evaluator.reset()
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
         self.evaluator.process(inputs, outputs)
+        if not self.timed:
+            with torch.no_grad():
+                predictions = self.model.inference_modes(inputs)
+            for mode in self.modes:
+                self.evaluator.process(inputs, predictions[mode], mode=mode_name(mode))
+            return
         cuda = self.model.device.type == "cuda"
         for mode in self.modes:
             if cuda:

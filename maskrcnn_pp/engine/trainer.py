@@ -209,8 +209,9 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
-        """As Detectron2's; semantic data sets are also predicted and timed in every
-        inference mode, accurate and UNet++ L1..L4 (:class:`InferenceModes`)."""
+        """As Detectron2's; semantic data sets are also scored in every inference mode,
+        accurate and UNet++ L1..L4, from one more forward pass (:class:`InferenceModes`;
+        timing each mode is the pruning report's job)."""
         if evaluators is None and is_semantic(cfg):
             evaluators = [InferenceModes(model, SemanticEvaluator(name, output_dir=os.path.join(
                 cfg.OUTPUT_DIR, "inference", name))) for name in cfg.DATASETS.TEST]

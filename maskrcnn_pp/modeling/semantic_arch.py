@@ -17,7 +17,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from torch import nn
 
 from ..config import nested_core_node
-from .deep_supervision import ACCURATE
+from .deep_supervision import ACCURATE, mean_probabilities
 from .semantic import NestedSegmentationNet, UNet, UNetPlusPlus
 
 __all__ = ["SemanticUNetPP", "build_semantic_net"]
@@ -111,6 +111,16 @@ class SemanticUNetPP(nn.Module):
         level = self.inference_level if level is None else self.net.heads.check_level(level)
         return self._postprocess(batched_inputs,
                                  self.net.predict(self.preprocess_image(batched_inputs), level))
+
+    def inference_modes(self, batched_inputs: list[dict]) -> dict[int, list[dict]]:
+        """Predictions in every mode from one pass: ``{j: ...}`` for each fast mode UNet++
+        L_j and ``{0: ...}`` for the accurate mode. Output ``j`` of the whole network is what
+        L_j computes (the same nodes), so scoring every mode needs no pruned re-runs; timing
+        them does (``studies/pruning.py``)."""
+        logits = self.net.logits(self.preprocess_image(batched_inputs))
+        modes = {j: self.net.probabilities(z) for j, z in logits.items()}
+        modes[ACCURATE] = mean_probabilities(logits.values(), self.net.probabilities)
+        return {mode: self._postprocess(batched_inputs, probs) for mode, probs in modes.items()}
 
     def _postprocess(self, batched_inputs: list[dict], probs: torch.Tensor) -> list[dict]:
         """Resize each probability map to the size its input dict asks for."""

@@ -35,13 +35,13 @@ def pruning_rows(model: nn.Module, data_loader, dataset_name: str) -> list[dict]
     """Fig. 3 of the paper as rows: parameters, ms per image, IoU and Dice (%) of UNet++
     L1..L_L and of the accurate mode, measured on ``data_loader``."""
     net_owner = _prunable(model)
-    modes = InferenceModes(model, SemanticEvaluator(dataset_name))
+    modes = InferenceModes(model, SemanticEvaluator(dataset_name), timed=True)
     scores = inference_on_dataset(model, data_loader, modes)["sem_seg"]
     rows = []
     for mode in modes.modes:
         name = mode_name(mode)
         rows.append({"mode": name,
-                     "parameters": net_owner.net.parameter_count(mode or None),
+                     "parameters": net_owner.net.parameter_count(mode),
                      "ms_per_image": scores[f"ms_per_image_{name}"],
                      "IoU": scores[f"IoU_{name}"], "Dice": scores[f"Dice_{name}"]})
     return rows

@@ -141,3 +141,17 @@ def test_checkpointer_loads_a_mask_rcnn_pp_file_of_the_earlier_layout(tmp_path):
     load_inference_weights(model, str(tmp_path / "old.pth"))
     for key, value in trained.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_every_mode_from_one_pass_equals_each_pruned_run():
+    cfg = load_config(str(ROOT / "configs" / "quick_schedules" / "semantic_2d_quick.yaml"))
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    inputs = [{"image": torch.rand(1, 32, 32) * 255, "height": 40, "width": 48}]
+    with torch.no_grad():
+        modes = model.inference_modes(inputs)
+        assert sorted(modes) == [ACCURATE, *model.levels]
+        for mode, outputs in modes.items():
+            (alone,) = model.inference(inputs, level=mode)
+            assert outputs[0]["sem_seg"].shape == (1, 40, 48)
+            assert torch.allclose(outputs[0]["sem_seg"], alone["sem_seg"], atol=1e-6), mode

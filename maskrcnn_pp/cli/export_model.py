@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from maskrcnn_pp.engine.trainer import load_config
+from maskrcnn_pp.engine import load_config
 from maskrcnn_pp.inference.export import export_model, sidecar_path
 from maskrcnn_pp.utils.errors import exit_on_user_error
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from maskrcnn_pp.engine.trainer import is_semantic, load_config
+from maskrcnn_pp.engine import is_semantic, load_config
 from maskrcnn_pp.studies.pruning import prune_report
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
 from maskrcnn_pp.utils.io import check_output_dir

@@ -25,8 +25,9 @@ from __future__ import annotations
 import argparse
 import logging
 
+from maskrcnn_pp.engine import is_semantic, load_config
 from maskrcnn_pp.engine.checkpoint import load_inference_weights
-from maskrcnn_pp.engine.trainer import Trainer, is_semantic, load_config
+from maskrcnn_pp.engine.trainer import Trainer
 from maskrcnn_pp.evaluation.visualization import (
     render_dataset_predictions,
     render_results_file,

@@ -6,8 +6,9 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from ..utils.errors import UserError, exit_on_user_error
+from .config import setup
 from .launch import launch
-from .trainer import NonFiniteLossError, Trainer, setup
+from .trainer import NonFiniteLossError, Trainer
 
 
 def argument_parser():

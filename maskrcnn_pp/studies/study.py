@@ -48,7 +48,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
 
-from ..engine.trainer import Trainer, is_semantic, load_config
+from ..engine.config import is_semantic, load_config
+from ..engine.trainer import Trainer
 from ..evaluation.nuclei import (
     MAIN_METRICS,
     coco_ap,

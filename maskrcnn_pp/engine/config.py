@@ -1,8 +1,8 @@
 """Config loading for every tool: Detectron2 defaults, this project's keys, a safe YAML chain
-and overrides, checked before any slow work.
+and overrides, checked before any slow work; and config keys named in GroupNorm errors.
 
-Apart from the trainer, so reading a YAML (``tools/compare_runs.py``, exports, reports) does
-not import the training loop.
+Kept apart from the trainer, so that a tool that only reads a config (compare_runs,
+export_model, prune_report) does not import the training loop.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from detectron2.modeling import build_model
 
 import maskrcnn_pp  # noqa: F401  (registers)
 from maskrcnn_pp.config import DEPRECATED_KEYS, add_maskrcnn_pp_config
-from maskrcnn_pp.engine.trainer import load_config
+from maskrcnn_pp.engine import load_config
 from maskrcnn_pp.modeling.semantic_arch import build_semantic_net
 from tests.helpers import ROOT
 

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from maskrcnn_pp.engine.trainer import is_semantic, load_config
+from maskrcnn_pp.engine import is_semantic, load_config
 from maskrcnn_pp.evaluation.semantic import RESULTS_FILE
 from maskrcnn_pp.studies.comparison import comparison_markdown, comparison_row
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error

@@ -17,6 +17,7 @@ import sys
 
 import torch
 
+from maskrcnn_pp.cli.arguments import add_unsafe_pickle_argument
 from maskrcnn_pp.engine.checkpoint import (
     convert_to_detectron2_resnet,
     is_resnet_state,
@@ -30,9 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("input", help="torchvision / timm .pth, or a NumPy-only .pkl")
     parser.add_argument("output", help="the weights-only checkpoint to write (.pth)")
-    parser.add_argument("--allow-unsafe-pickle", action="store_true",
-                        help="allow an input that needs full unpickling (can run arbitrary "
-                             "code; trusted files only)")
+    add_unsafe_pickle_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from maskrcnn_pp.cli.arguments import add_score_threshold_argument
 from maskrcnn_pp.evaluation.nuclei import (
     evaluate_coco_results,
     format_metrics_table,
@@ -27,9 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pred", required=True, help="COCO results JSON (detections)")
     parser.add_argument("--json", help="also write every metric, per image too, to this file (as "
                              "fractions in [0, 1])")
-    parser.add_argument("--score-thresh", type=float, default=0.5,
-                        help="detections below this score are ignored by the nuclei metrics "
-                             "(not by COCO AP); default 0.5")
+    add_score_threshold_argument(parser, "detections below this score are ignored by the "
+                                         "nuclei metrics (not by COCO AP)")
     return parser.parse_args(argv)
 
 

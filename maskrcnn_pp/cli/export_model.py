@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import argparse
 
-from maskrcnn_pp.engine.trainer import load_config
+from maskrcnn_pp.cli.arguments import add_config_overrides, add_model_arguments
+from maskrcnn_pp.engine import load_config
 from maskrcnn_pp.inference.export import export_model, sidecar_path
 from maskrcnn_pp.utils.errors import exit_on_user_error
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--weights", required=True, metavar="FILE",
-                        help="model weights (.pth written by tools/train_net.py)")
+    add_model_arguments(parser, required=True)
     parser.add_argument("--format", required=True, metavar="FORMAT",
                         help="torchscript or onnx")
     parser.add_argument("--output", required=True, metavar="DIR")
@@ -31,8 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="semantic UNet++: one graph per inference level (0 = accurate, "
                              "j = the pruned UNet++ L_j); default MODEL.SEMANTIC."
                              "INFERENCE_LEVEL in one model file")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
-                        help="config overrides: KEY VALUE ...")
+    add_config_overrides(parser)
     return parser.parse_args(argv)
 
 

@@ -25,6 +25,12 @@ import logging
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 
+from maskrcnn_pp.cli.arguments import (
+    add_model_arguments,
+    add_score_threshold_argument,
+    add_tiling_arguments,
+    add_unsafe_pickle_argument,
+)
 from maskrcnn_pp.config import add_maskrcnn_pp_config
 from maskrcnn_pp.data.image_io import IMAGE_EXTENSIONS
 from maskrcnn_pp.data.semantic import NIFTI_SUFFIXES
@@ -46,28 +52,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.splitlines()[0],
         epilog="Config overrides (KEY VALUE ...) may follow the inputs.")
     model = parser.add_argument_group("model: --config-file and --weights, or --exported")
-    model.add_argument("--config-file", metavar="FILE")
-    model.add_argument("--weights", metavar="FILE",
-                       help="model weights (.pth written by tools/train_net.py)")
+    add_model_arguments(model)
     model.add_argument("--exported", metavar="FILE",
                        help="an exported model.ts / model.onnx (tools/export_model.py)")
     parser.add_argument("inputs", nargs="*", metavar="INPUT",
                         help="image files, NIfTI volumes or folders of them")
     parser.add_argument("--output", required=True, metavar="DIR")
-    parser.add_argument("--score-thresh", type=float, default=0.5,
-                        help="instances: keep detections scoring at least this; default 0.5")
+    add_score_threshold_argument(parser, "instances: keep detections scoring at least this")
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="semantic: foreground probability threshold; default 0.5")
     parser.add_argument("--level", type=int, metavar="J",
                         help="UNet++ inference level (0 accurate, J the pruned output J) of a "
                              "semantic UNet++ or the Mask R-CNN++ mask head")
-    parser.add_argument("--tile-size", type=int, metavar="N",
-                        help="side of the square tiles / windows; default INPUT.MIN_SIZE_TEST "
-                             "(instances), the whole image (semantic 2D) or the training "
-                             "patch (3D)")
-    parser.add_argument("--tile-overlap", type=int, metavar="N",
-                        help="pixels shared by neighbouring tiles, larger than a nucleus; "
-                             "default a quarter of the tile size")
+    add_tiling_arguments(parser)
     parser.add_argument("--page", type=int, metavar="K",
                         help="the image of multi-page TIFFs to use (0-based; other formats "
                              "hold one image)")
@@ -83,9 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gt", metavar="GT.json",
                         help="use this COCO file's image ids (matched by file name)")
     parser.add_argument("--device", help="MODEL.DEVICE, e.g. cpu or cuda")
-    parser.add_argument("--allow-unsafe-pickle", action="store_true",
-                        help="allow weights that need full unpickling (e.g. legacy .pkl): this "
-                             "can run arbitrary code, use trusted files only")
+    add_unsafe_pickle_argument(parser)
     return parser.parse_intermixed_args(argv)
 
 

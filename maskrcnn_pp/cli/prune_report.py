@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import argparse
 
-from maskrcnn_pp.engine.trainer import is_semantic, load_config
+from maskrcnn_pp.cli.arguments import (
+    add_config_overrides,
+    add_model_arguments,
+    add_unsafe_pickle_argument,
+)
+from maskrcnn_pp.engine import is_semantic, load_config
 from maskrcnn_pp.studies.pruning import prune_report
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
 from maskrcnn_pp.utils.io import check_output_dir
@@ -17,15 +22,12 @@ from maskrcnn_pp.utils.io import check_output_dir
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-file", required=True, help="a semantic UNet++ config")
-    parser.add_argument("--weights", required=True, help="trained weights (.pth)")
+    add_model_arguments(parser, required=True)
     parser.add_argument("--dataset", default=None,
                         help="registered data set to measure on (default: first DATASETS.TEST)")
     parser.add_argument("--output", required=True, help="folder for the report files")
-    parser.add_argument("--allow-unsafe-pickle", action="store_true",
-                        help="allow weights that need full unpickling (can run arbitrary code)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
-                        help="config overrides as KEY VALUE pairs")
+    add_unsafe_pickle_argument(parser)
+    add_config_overrides(parser)
     return parser.parse_args(argv)
 
 

@@ -6,7 +6,17 @@
 """
 from __future__ import annotations
 
-from maskrcnn_pp.engine.train import argument_parser, launch_from_args
+from detectron2.engine import default_argument_parser
+
+from maskrcnn_pp.cli.arguments import add_unsafe_pickle_argument
+from maskrcnn_pp.engine.train import launch_from_args
+
+
+def argument_parser():
+    """Detectron2's training flags plus ``--allow-unsafe-pickle``."""
+    parser = default_argument_parser()
+    add_unsafe_pickle_argument(parser)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

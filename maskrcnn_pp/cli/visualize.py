@@ -25,8 +25,16 @@ from __future__ import annotations
 import argparse
 import logging
 
+from maskrcnn_pp.cli.arguments import (
+    add_config_overrides,
+    add_model_arguments,
+    add_score_threshold_argument,
+    add_tiling_arguments,
+    add_unsafe_pickle_argument,
+)
+from maskrcnn_pp.engine import is_semantic, load_config
 from maskrcnn_pp.engine.checkpoint import load_inference_weights
-from maskrcnn_pp.engine.trainer import Trainer, is_semantic, load_config
+from maskrcnn_pp.engine.trainer import Trainer
 from maskrcnn_pp.evaluation.visualization import (
     render_dataset_predictions,
     render_results_file,
@@ -48,21 +56,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     results.add_argument("--images", nargs="+", default=(), metavar="FILE_NAME",
                          help="only these images (file names as in the GT)")
     model = parser.add_argument_group("from a checkpoint")
-    model.add_argument("--config-file", metavar="FILE")
-    model.add_argument("--weights", metavar="FILE")
+    add_model_arguments(model)
     model.add_argument("--dataset", metavar="NAME", help="a registered data set, e.g. "
                                                          "nuclei_synthetic_val")
-    model.add_argument("--tile-size", type=int, metavar="N")
-    model.add_argument("--tile-overlap", type=int, metavar="N")
-    model.add_argument("--allow-unsafe-pickle", action="store_true",
-                       help="allow weights that need full unpickling: this can run "
-                            "arbitrary code, use trusted files only")
+    add_tiling_arguments(model)
+    add_unsafe_pickle_argument(model)
     parser.add_argument("--output", required=True, metavar="DIR")
     parser.add_argument("--max-images", type=int, metavar="N", help="at most N images")
-    parser.add_argument("--score-thresh", type=float, default=0.5,
-                        help="draw and score detections with at least this score; default 0.5")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
-                        help="config overrides (checkpoint mode)")
+    add_score_threshold_argument(parser, "draw and score detections with at least this score")
+    add_config_overrides(parser)
     return parser.parse_args(argv)
 
 

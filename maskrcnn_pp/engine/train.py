@@ -1,22 +1,13 @@
 """What ``tools/train_net.py`` runs: train, resume or evaluate from parsed arguments."""
 from __future__ import annotations
 
-from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from ..utils.errors import UserError, exit_on_user_error
+from .config import setup
 from .launch import launch
-from .trainer import NonFiniteLossError, Trainer, setup
-
-
-def argument_parser():
-    """Detectron2's training flags plus ``--allow-unsafe-pickle``."""
-    parser = default_argument_parser()
-    parser.add_argument("--allow-unsafe-pickle", action="store_true",
-                        help="allow loading weights that need full unpickling (e.g. legacy "
-                             ".pkl files): this can run arbitrary code, use trusted files only")
-    return parser
+from .trainer import NonFiniteLossError, Trainer
 
 
 def run(args):

@@ -10,7 +10,7 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
 from ..engine.checkpoint import MissingCheckpointError, load_inference_weights
-from ..engine.trainer import group_norm_widths_named, is_semantic, load_config
+from ..engine.config import group_norm_widths_named, is_semantic, load_config
 from ..utils.errors import UserError
 from .instance import DetectronModelRunner, InstancePredictor
 from .semantic import SemanticModelRunner, SemanticPredictor

@@ -28,7 +28,7 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from ..data.synthetic import SyntheticNucleiSpec, render_image
-from ..engine.trainer import load_config
+from ..engine.config import load_config
 from ..modeling.deep_supervision import ACCURATE
 from ..modeling.semantic import UNet, UNetPlusPlus, deep_supervision_losses
 

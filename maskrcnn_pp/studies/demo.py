@@ -19,7 +19,8 @@ import torch  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from ..engine.trainer import Trainer, load_config  # noqa: E402
+from ..engine.config import load_config  # noqa: E402
+from ..engine.trainer import Trainer  # noqa: E402
 from ..evaluation.visualization import render_results_file  # noqa: E402
 from ..model_zoo import get_config_file  # noqa: E402
 from ..utils.io import atomic_write_json  # noqa: E402

@@ -49,8 +49,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
 
+from ..engine.config import is_semantic, load_config
 from ..engine.inference_modes import InferenceModes
-from ..engine.trainer import Trainer, is_semantic, load_config
+from ..engine.trainer import Trainer
 from ..evaluation.nuclei import (
     MAIN_METRICS,
     coco_ap,

@@ -19,8 +19,9 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
+from ..engine.config import load_config
 from ..engine.optim import build_optimizer
-from ..engine.trainer import CheckedAMPTrainer, CheckedSimpleTrainer, load_config
+from ..engine.trainer import CheckedAMPTrainer, CheckedSimpleTrainer
 from ..utils.errors import UserError
 from ..utils.io import atomic_write_text
 from .benchmark import _nuclei_batch, _sync

@@ -17,7 +17,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from pycocotools import mask as mask_util
 
 from maskrcnn_pp.data import register_nuclei_coco
-from maskrcnn_pp.engine.trainer import Trainer, load_config
+from maskrcnn_pp.engine import load_config
+from maskrcnn_pp.engine.trainer import Trainer
 from maskrcnn_pp.evaluation.nuclei import NucleiEvaluator
 from tests.helpers import ROOT, run_script_main
 

@@ -14,14 +14,10 @@ from torch import nn
 
 import maskrcnn_pp  # noqa: F401
 from maskrcnn_pp.data.mapper import BadImageError, CheckedDatasetMapper
+from maskrcnn_pp.engine import load_config
 from maskrcnn_pp.engine.checkpoint import SafeCheckpointer
 from maskrcnn_pp.engine.launch import launch
-from maskrcnn_pp.engine.trainer import (
-    CheckedSimpleTrainer,
-    NonFiniteLossError,
-    Trainer,
-    load_config,
-)
+from maskrcnn_pp.engine.trainer import CheckedSimpleTrainer, NonFiniteLossError, Trainer
 from tests.helpers import ROOT, liver_phantom, write_lits
 
 QUICK_PP = str(ROOT / "configs" / "quick_schedules" / "mask_rcnn_pp_synthetic.yaml")

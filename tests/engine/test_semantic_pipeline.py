@@ -22,9 +22,9 @@ from maskrcnn_pp.data.semantic import (
     prepare_liver,
     prepare_nodule,
 )
+from maskrcnn_pp.engine import load_config
 from maskrcnn_pp.engine.inference_modes import InferenceModes
 from maskrcnn_pp.engine.optim import build_optimizer
-from maskrcnn_pp.engine.trainer import load_config
 from maskrcnn_pp.evaluation.semantic import SemanticEvaluator, overlap_scores
 from maskrcnn_pp.modeling.semantic_arch import SemanticUNetPP, build_semantic_net
 from maskrcnn_pp.utils.errors import UserError

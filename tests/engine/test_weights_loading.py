@@ -15,6 +15,7 @@ import pytest
 import torch
 import torchvision
 
+from maskrcnn_pp.engine import load_config
 from maskrcnn_pp.engine.checkpoint import (
     CorruptCheckpointError,
     MismatchedCheckpointError,
@@ -24,7 +25,7 @@ from maskrcnn_pp.engine.checkpoint import (
     is_resnet_state,
     load_inference_weights,
 )
-from maskrcnn_pp.engine.trainer import Trainer, load_config
+from maskrcnn_pp.engine.trainer import Trainer
 from maskrcnn_pp.utils.errors import UserError
 from tests.helpers import ROOT, flatten_config, run_script_main
 

@@ -13,8 +13,8 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from maskrcnn_pp.data.image_io import read_image_rgb
+from maskrcnn_pp.engine import load_config
 from maskrcnn_pp.engine.checkpoint import SafeCheckpointer
-from maskrcnn_pp.engine.trainer import load_config
 from maskrcnn_pp.evaluation.nuclei import image_metrics
 from maskrcnn_pp.evaluation.visualization import (
     MIN_PANEL_WIDTH,

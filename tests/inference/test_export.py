@@ -12,8 +12,8 @@ from detectron2.modeling import build_model
 
 from maskrcnn_pp.compat import detectron2_export
 from maskrcnn_pp.data.synthetic import SyntheticNucleiSpec, render_image
+from maskrcnn_pp.engine import load_config
 from maskrcnn_pp.engine.checkpoint import SafeCheckpointer
-from maskrcnn_pp.engine.trainer import load_config
 from maskrcnn_pp.inference import load_predictor
 from maskrcnn_pp.inference.export import (
     _pruned,

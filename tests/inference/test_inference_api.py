@@ -13,8 +13,8 @@ from detectron2.modeling import build_model
 from PIL import Image
 
 from maskrcnn_pp.data.image_io import to_format
+from maskrcnn_pp.engine import load_config
 from maskrcnn_pp.engine.checkpoint import SafeCheckpointer
-from maskrcnn_pp.engine.trainer import load_config
 from maskrcnn_pp.inference import (
     DetectronModelRunner,
     InstancePredictor,

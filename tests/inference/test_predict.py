@@ -18,8 +18,8 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
 from maskrcnn_pp.data.image_io import read_image_rgb
+from maskrcnn_pp.engine import load_config
 from maskrcnn_pp.engine.checkpoint import SafeCheckpointer
-from maskrcnn_pp.engine.trainer import load_config
 from maskrcnn_pp.evaluation.nuclei import coco_from_dict, evaluate_coco_results, to_rles
 from maskrcnn_pp.inference import InstancePredictor, InstanceResult, tile_windows
 from maskrcnn_pp.inference.batch import (

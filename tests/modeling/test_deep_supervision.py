@@ -12,8 +12,8 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 import maskrcnn_pp  # noqa: F401  (registers)
+from maskrcnn_pp.engine import load_config
 from maskrcnn_pp.engine.checkpoint import load_inference_weights
-from maskrcnn_pp.engine.trainer import load_config
 from maskrcnn_pp.modeling import ACCURATE, DeepSupervisionHeads, UNet, UNetPlusPlus
 from maskrcnn_pp.modeling.mask_head import UNetPPMaskHead
 from maskrcnn_pp.modeling.semantic import segmentation_loss

@@ -10,7 +10,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 import maskrcnn_pp  # noqa: F401  (registers)
-from maskrcnn_pp.engine.trainer import load_config
+from maskrcnn_pp.engine import load_config
 from maskrcnn_pp.modeling.mask_head import UNetPPMaskHead
 from tests.helpers import ROOT, flatten_config
 

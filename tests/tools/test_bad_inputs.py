@@ -590,8 +590,8 @@ def _write_weights(folder: Path) -> tuple[dict[str, Path], Path]:
     run folder (checkpoint with optimizer state, ``last_checkpoint``)."""
     from detectron2.modeling import build_model
 
+    from maskrcnn_pp.engine import load_config
     from maskrcnn_pp.engine.checkpoint import SafeCheckpointer
-    from maskrcnn_pp.engine.trainer import load_config
 
     folder.mkdir()
     torch.manual_seed(0)
@@ -647,7 +647,7 @@ def _read_only_folder(root: Path) -> Path:
 
 def _write_runs(runs: Path) -> None:
     """Training output folders as compare_runs reads them, with results of each wrong kind."""
-    from maskrcnn_pp.engine.trainer import load_config
+    from maskrcnn_pp.engine import load_config
 
     semantic = load_config(str(SEMANTIC_2D)).dump()
     instance = load_config(str(QUICK_PP)).dump()

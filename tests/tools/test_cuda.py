@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from maskrcnn_pp.engine.trainer import CheckedAMPTrainer, Trainer, load_config
+from maskrcnn_pp.engine import load_config
+from maskrcnn_pp.engine.trainer import CheckedAMPTrainer, Trainer
 from tests.helpers import ROOT, liver_phantom, write_lits
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(

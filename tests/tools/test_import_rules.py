@@ -4,6 +4,7 @@ nested core is plain PyTorch."""
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -56,6 +57,23 @@ def test_the_nested_core_imports_only_torch_and_the_standard_library():
     outside = sorted({module for module in _imports(PACKAGE / "modeling" / "nested.py")
                       if module.split(".")[0] not in {"torch", *sys.stdlib_module_names}})
     assert not outside, outside
+
+
+# Modules that read a config without training: importing them must not load the trainer.
+CONFIG_READERS = ("maskrcnn_pp.engine.config", "maskrcnn_pp.engine", "maskrcnn_pp.cli.compare_runs",
+                  "maskrcnn_pp.cli.prune_report", "maskrcnn_pp.cli.export_model")
+
+
+@pytest.mark.slow
+def test_reading_a_config_does_not_import_the_trainer():
+    probe = ("import importlib, sys\n"
+             f"for name in {CONFIG_READERS!r}:\n"
+             "    importlib.import_module(name)\n"
+             "    if 'maskrcnn_pp.engine.trainer' in sys.modules:\n"
+             "        sys.exit(f'{name} imports maskrcnn_pp.engine.trainer')\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_the_checker_resolves_relative_imports_and_sees_a_violation(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import maskrcnn_pp
-from maskrcnn_pp.engine.trainer import load_config
+from maskrcnn_pp.engine import load_config
 from maskrcnn_pp.model_zoo import list_config_files
 from maskrcnn_pp.utils.errors import UserError
 from tests.helpers import ROOT

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from maskrcnn_pp.engine.trainer import load_config
+from maskrcnn_pp.engine import load_config
 from maskrcnn_pp.utils.errors import UserError
 from tests.helpers import ROOT, liver_phantom, write_lits
 

@@ -41,7 +41,24 @@ def test_public_names():
     image = torch.zeros(1, 1, 16, 16)
     for net in (UNetPlusPlus(widths=(4, 8, 16)).eval(), UNet(widths=(4, 8, 16)).eval()):
         assert net.predict(image).shape == (1, 1, 16, 16)
-    assert {"add_maskrcnn_pp_config", "get_config_file"} <= set(maskrcnn_pp.__all__)
+    assert {"add_maskrcnn_pp_config", "get_config_file", "load_config", "Trainer",
+            "load_predictor", "export_model", "UNetPlusPlus"} <= set(maskrcnn_pp.__all__)
+    for name in maskrcnn_pp.__all__:
+        assert getattr(maskrcnn_pp, name) is not None, name
+    assert maskrcnn_pp.load_config is load_config
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        maskrcnn_pp.no_such_name  # noqa: B018
+
+
+def test_import_registers_without_loading_the_training_loop_or_predictors():
+    code = ("import sys, maskrcnn_pp; from detectron2.modeling import BACKBONE_REGISTRY; "
+            "assert 'build_resnet_unetpp_backbone' in BACKBONE_REGISTRY; "
+            "loaded = [m for m in ('maskrcnn_pp.engine.trainer', 'maskrcnn_pp.inference') "
+            "if m in sys.modules]; assert not loaded, loaded; "
+            "maskrcnn_pp.load_predictor; assert 'maskrcnn_pp.inference' in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 @pytest.mark.slow

@@ -26,8 +26,7 @@ from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 
 from maskrcnn_pp.config import add_maskrcnn_pp_config
-from maskrcnn_pp.data.image_io import IMAGE_EXTENSIONS
-from maskrcnn_pp.data.semantic import NIFTI_SUFFIXES
+from maskrcnn_pp.data.image_io import IMAGE_EXTENSIONS, NIFTI_SUFFIXES
 from maskrcnn_pp.inference import EXPORTED_SUFFIXES, load_predictor
 from maskrcnn_pp.inference.batch import (
     LABEL_FORMATS,

@@ -27,7 +27,7 @@ from .. import compat
 from ..config import add_maskrcnn_pp_config, check_input_config
 from ..data.mapper import CheckedDatasetMapper
 from ..data.sampling import build_resumable_train_loader
-from ..data.semantic import build_semantic_test_loader, build_semantic_train_loader
+from ..data.semantic_mapper import build_semantic_test_loader, build_semantic_train_loader
 from ..evaluation.nuclei import NucleiEvaluator
 from ..evaluation.semantic import SemanticEvaluator
 from ..modeling.semantic_arch import SemanticUNetPP

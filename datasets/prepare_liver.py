@@ -5,14 +5,14 @@
 
 HU-windowed axial slices that show liver; liver and tumour merge into one class. Writes
 ``OUTPUT/liver/{train,val}/{images,labels}`` and ``report.json`` (registered as
-``liver_train`` / ``_val``). See ``maskrcnn_pp.data.semantic.prepare_liver``.
+``liver_train`` / ``_val``). See ``maskrcnn_pp.data.prepare.prepare_liver``.
 """
 from __future__ import annotations
 
 import argparse
 
-from maskrcnn_pp.data.coco import datasets_root
-from maskrcnn_pp.data.semantic import iter_report_lines, prepare_liver
+from maskrcnn_pp.data.catalog import datasets_root
+from maskrcnn_pp.data.prepare import iter_report_lines, prepare_liver
 from maskrcnn_pp.utils.errors import exit_on_user_error
 from maskrcnn_pp.utils.io import check_output_dir
 

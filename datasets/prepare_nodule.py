@@ -4,14 +4,14 @@
     python datasets/prepare_nodule.py --source crops/ [--output datasets] [--window -1000 400]
 
 Writes ``OUTPUT/nodule/{train,val}/{images,labels}/<name>.nii.gz`` and ``report.json``
-(registered as ``nodule_train`` / ``_val``). See ``maskrcnn_pp.data.semantic.prepare_nodule``.
+(registered as ``nodule_train`` / ``_val``). See ``maskrcnn_pp.data.prepare.prepare_nodule``.
 """
 from __future__ import annotations
 
 import argparse
 
-from maskrcnn_pp.data.coco import datasets_root
-from maskrcnn_pp.data.semantic import iter_report_lines, prepare_nodule
+from maskrcnn_pp.data.catalog import datasets_root
+from maskrcnn_pp.data.prepare import iter_report_lines, prepare_nodule
 from maskrcnn_pp.utils.errors import exit_on_user_error
 from maskrcnn_pp.utils.io import check_output_dir
 

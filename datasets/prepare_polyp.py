@@ -4,14 +4,14 @@
     python datasets/prepare_polyp.py --name kvasir --source kvasir-seg.zip [--output datasets]
 
 Writes ``OUTPUT/polyp_<name>/{train,val}/{images,labels}`` and ``report.json`` (registered
-as ``polyp_<name>_train`` / ``_val``). See ``maskrcnn_pp.data.semantic.prepare_polyp``.
+as ``polyp_<name>_train`` / ``_val``). See ``maskrcnn_pp.data.prepare.prepare_polyp``.
 """
 from __future__ import annotations
 
 import argparse
 
-from maskrcnn_pp.data.coco import datasets_root
-from maskrcnn_pp.data.semantic import iter_report_lines, prepare_polyp
+from maskrcnn_pp.data.catalog import datasets_root
+from maskrcnn_pp.data.prepare import iter_report_lines, prepare_polyp
 from maskrcnn_pp.utils.errors import exit_on_user_error
 from maskrcnn_pp.utils.io import check_output_dir
 

@@ -32,8 +32,7 @@ from maskrcnn_pp.cli.arguments import (
     add_unsafe_pickle_argument,
 )
 from maskrcnn_pp.config import add_maskrcnn_pp_config
-from maskrcnn_pp.data.image_io import IMAGE_EXTENSIONS
-from maskrcnn_pp.data.semantic import NIFTI_SUFFIXES
+from maskrcnn_pp.data.image_io import IMAGE_EXTENSIONS, NIFTI_SUFFIXES
 from maskrcnn_pp.inference import EXPORTED_SUFFIXES, load_predictor
 from maskrcnn_pp.inference.batch import (
     LABEL_FORMATS,

@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Callable
 
-from maskrcnn_pp.data.dsb2018 import ConversionReport
+from maskrcnn_pp.data.conversion import ConversionReport
 from maskrcnn_pp.utils.io import check_output_dir
 
 

@@ -1,8 +1,8 @@
 """Data sets, registered lazily with Detectron2's DatasetCatalog at import; readers, mappers."""
+from .catalog import register_semantic_datasets
 from .coco import register_nuclei_coco
 from .dsb2018 import register_dsb2018
 from .instances import register_prepared_instances
-from .semantic import register_semantic_datasets
 from .synthetic import register_synthetic_nuclei
 
 __all__ = ["register_nuclei_coco"]

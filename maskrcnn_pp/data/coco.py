@@ -1,9 +1,8 @@
-"""COCO instance data shared by every instance data set: where data sets live, how a
-binary mask becomes an annotation, and lazy registration with Detectron2's catalogs."""
+"""COCO instance data shared by every instance data set: how a binary mask becomes an
+annotation, and lazy registration with Detectron2's catalogs."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -11,23 +10,12 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from pycocotools import mask as mask_util
 
-from ..utils.errors import UserError
 from ..utils.io import PathLike
+from .catalog import DatasetNotPreparedError
 from .validation import check_coco_ground_truth, read_json
 
-__all__ = ["datasets_root", "DatasetNotPreparedError", "encode_mask", "compressed_rle",
-           "rle_as_text", "mask_to_annotation",
+__all__ = ["encode_mask", "compressed_rle", "rle_as_text", "mask_to_annotation",
            "register_coco_instances_lazy", "register_nuclei_coco"]
-
-
-
-def datasets_root() -> Path:
-    """Detectron2's convention: ``$DETECTRON2_DATASETS``, default ``./datasets``."""
-    return Path(os.environ.get("DETECTRON2_DATASETS", "datasets"))
-
-
-class DatasetNotPreparedError(UserError, FileNotFoundError):
-    """A registered data set whose files have not been written yet; the message says how."""
 
 
 def encode_mask(mask: np.ndarray) -> dict:

@@ -10,12 +10,9 @@ are registered at import and read only when used.
 """
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -23,96 +20,27 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..utils.errors import UserError
-from ..utils.io import PathLike, atomic_write_bytes, atomic_write_json
-from .coco import (
-    datasets_root,
-    mask_to_annotation,
-    register_coco_instances_lazy,
+from ..utils.io import PathLike, atomic_write_bytes
+from .catalog import SPLITS, datasets_root
+from .coco import mask_to_annotation, register_coco_instances_lazy
+from .conversion import (
+    NUCLEUS_CATEGORY,
+    ConversionReport,
+    Sample,
+    SampleProblem,
+    read_sample_file,
+    record_problem,
+    write_conversion,
 )
-from .image_io import (
-    IMAGE_EXTENSIONS,
-    Intensity,
-    UnreadableImageError,
-    decode_image_file,
-    read_image_rgb,
-)
+from .image_io import IMAGE_EXTENSIONS, Intensity, read_image_rgb
 from .sources import display_name, source_root
 
 __all__ = [
-    "NUCLEUS_CATEGORY", "ConversionReport", "Problem", "convert_dsb2018",
-    "find_sample_folders", "is_jpeg", "mask_files", "register_dsb2018", "prepare_command",
-    "read_image_bgr8", "read_mask", "SampleProblem", "split_val_ids", "write_conversion",
-    "decode_sample_file",
+    "convert_dsb2018", "find_sample_folders", "is_jpeg", "mask_files", "register_dsb2018",
+    "prepare_command", "read_image_bgr8", "read_mask",
 ]
 
-logger = logging.getLogger(__name__)
-
-NUCLEUS_CATEGORY = {"id": 1, "name": "nucleus"}
-SPLITS = ("train", "val")
 DSB2018_DIRNAME = "dsb2018"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One input file that was skipped (or, for ``empty_mask``, ignored), and why."""
-
-    file: str
-    kind: str
-    reason: str
-
-
-@dataclass
-class ConversionReport:
-    """What a conversion did; written to ``OUT/report.json``."""
-
-    source: str
-    val_fraction: float
-    seed: int
-    images_found: int = 0
-    images_converted: int = 0
-    annotations: int = 0
-    split_images: dict[str, int] = field(default_factory=dict)
-    problems: list[Problem] = field(default_factory=list)
-    # One entry per image whose masks share pixels: {"image": id, "overlap_pixels": n}.
-    overlaps: list[dict] = field(default_factory=list)
-    # JPEG masks: read, but compression changed their pixels (thresholded at half range).
-    lossy_masks: list[str] = field(default_factory=list)
-
-    @property
-    def images_skipped(self) -> int:
-        return self.images_found - self.images_converted
-
-    def problem_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for problem in self.problems:
-            counts[problem.kind] = counts.get(problem.kind, 0) + 1
-        return counts
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data.update(images_skipped=self.images_skipped, problem_counts=self.problem_counts(),
-                    images_with_overlaps=len(self.overlaps))
-        return data
-
-
-class SampleProblem(Exception):
-    """Raised inside the per-image conversion; becomes a :class:`Problem`."""
-
-    def __init__(self, path: Path, kind: str, reason: str):
-        super().__init__(reason)
-        self.path, self.kind, self.reason = path, kind, reason
-
-
-@dataclass
-class _Sample:
-    image_id: str
-    height: int
-    width: int
-    annotations: list[dict] = field(default_factory=list)
-    empty_masks: list[Path] = field(default_factory=list)
-    lossy_masks: list[Path] = field(default_factory=list)
-    overlap_pixels: int = 0
-    coco_id: int = 0
 
 
 # --------------------------------------------------------------------------- conversion
@@ -134,7 +62,7 @@ def convert_dsb2018(src: PathLike, out: PathLike, val_fraction: float = 0.1, see
         raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     out = Path(out)
     report = ConversionReport(source=str(src), val_fraction=val_fraction, seed=seed)
-    samples: list[_Sample] = []
+    samples: list[Sample] = []
     with source_root(Path(src)) as root:
         folders = find_sample_folders(root)
         if not folders:
@@ -150,11 +78,12 @@ def convert_dsb2018(src: PathLike, out: PathLike, val_fraction: float = 0.1, see
                     seen.add(folder.name)
                     sample = _convert_sample(folder, out / "images")
                 except SampleProblem as problem:
-                    _record(report, root, problem)
+                    record_problem(report, root, problem)
                     continue
                 samples.append(sample)
                 for mask_path in sample.empty_masks:
-                    _record(report, root, SampleProblem(mask_path, "empty_mask", "mask is empty"))
+                    record_problem(report, root,
+                                   SampleProblem(mask_path, "empty_mask", "mask is empty"))
                 report.lossy_masks += [display_name(p, root, Path(src))
                                        for p in sample.lossy_masks]
                 if sample.overlap_pixels:
@@ -162,32 +91,6 @@ def convert_dsb2018(src: PathLike, out: PathLike, val_fraction: float = 0.1, see
                                             "overlap_pixels": sample.overlap_pixels})
 
     return write_conversion(samples, report, out, strict, _coco_dict)
-
-
-def write_conversion(samples: list[_Sample], report: ConversionReport, out: Path, strict: bool,
-                     coco_dict: Callable[[list[_Sample]], dict]) -> ConversionReport:
-    """The end every instance converter shares: COCO ids, the seeded train/val split,
-    ``report.json``, then (unless ``strict`` and something was skipped) one COCO file per
-    split made by ``coco_dict``."""
-    _assign_coco_ids(samples)
-    val_ids = split_val_ids([s.image_id for s in samples], report.val_fraction, report.seed)
-    splits = {split: [s for s in samples if (s.image_id in val_ids) == (split == "val")]
-              for split in SPLITS}
-    report.images_converted = len(samples)
-    report.annotations = sum(len(s.annotations) for s in samples)
-    report.split_images = {split: len(chosen) for split, chosen in splits.items()}
-    if report.lossy_masks:
-        logger.warning("%d JPEG mask(s) are lossy: thresholded at half range, listed in %s",
-                       len(report.lossy_masks), out / "report.json")
-    atomic_write_json(out / "report.json", report.to_dict(), indent=2)
-    if strict and report.problems:
-        for split in SPLITS:  # an earlier run's annotations must not pass for this one's
-            (out / "annotations" / f"instances_{split}.json").unlink(missing_ok=True)
-        raise UserError(f"{len(report.problems)} problem(s) in {report.source} (--strict); "
-                        f"annotations not written, see {out / 'report.json'}")
-    for split, chosen in splits.items():
-        atomic_write_json(out / "annotations" / f"instances_{split}.json", coco_dict(chosen))
-    return report
 
 
 def find_sample_folders(root: PathLike) -> list[Path]:
@@ -204,15 +107,7 @@ def find_sample_folders(root: PathLike) -> list[Path]:
     return sorted(found, key=lambda p: (p.name, str(p)))
 
 
-def _record(report: ConversionReport, root: Path, problem: SampleProblem) -> None:
-    """Log and keep a problem; files inside an archive are named ``ARCHIVE:member/path``."""
-    name = display_name(problem.path, root, Path(report.source))
-    report.problems.append(Problem(file=name, kind=problem.kind, reason=problem.reason))
-    action = "ignored" if problem.kind == "empty_mask" else "skipped"
-    logger.warning("%s %s: %s", action, name, problem.reason)
-
-
-def _convert_sample(folder: Path, image_dir: Path) -> _Sample:
+def _convert_sample(folder: Path, image_dir: Path) -> Sample:
     """Read one image and its masks, write the image, return its annotations (no ids yet)."""
     image_id = folder.name
     image_path = folder / "images" / f"{image_id}.png"
@@ -224,7 +119,7 @@ def _convert_sample(folder: Path, image_dir: Path) -> _Sample:
     image = read_image_bgr8(image_path)
     height, width = image.shape[:2]
 
-    sample = _Sample(image_id=image_id, height=height, width=width)
+    sample = Sample(image_id=image_id, height=height, width=width)
     coverage = np.zeros((height, width), np.uint16)
     for mask_path in mask_paths:
         mask = read_mask(mask_path, (height, width))
@@ -244,23 +139,13 @@ def _convert_sample(folder: Path, image_dir: Path) -> _Sample:
     return sample
 
 
-def decode_sample_file(path: Path, kind: str) -> np.ndarray:
-    """A converter's input file as stored (any depth, RGB(A) order), or :class:`SampleProblem`
-    of ``kind`` naming it."""
-    try:
-        return decode_image_file(path)
-    except UnreadableImageError as err:
-        raise SampleProblem(path, kind, err.reason) from None
-
-
 def read_image_bgr8(path: Path) -> np.ndarray:
     """A DSB2018 image as 8-bit BGR (OpenCV order), by :func:`read_image_rgb`'s rules;
     a 16-bit image is stretched from its minimum..maximum (the converter's documented rule,
     which keeps every prepared data set as it was)."""
-    try:
-        return np.ascontiguousarray(read_image_rgb(path, Intensity("minmax"))[..., ::-1])
-    except UnreadableImageError as err:
-        raise SampleProblem(path, "unreadable_image", err.reason) from None
+    rgb = read_sample_file(path, "unreadable_image",
+                           partial(read_image_rgb, intensity=Intensity("minmax")))
+    return np.ascontiguousarray(rgb[..., ::-1])
 
 
 def mask_files(folder: Path) -> list[Path]:
@@ -279,7 +164,7 @@ def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """A mask file as a boolean array: a pixel is foreground where any channel is non-zero,
     or, for JPEG, above half the range (its ringing around edges is non-zero, and ``> 0``
     would inflate nuclei by ~44% and invent overlaps)."""
-    pixels = decode_sample_file(path, "unreadable_mask")
+    pixels = read_sample_file(path, "unreadable_mask")
     if pixels.shape[:2] != shape:
         raise SampleProblem(path, "size_mismatch",
                              f"mask is {pixels.shape[1]}x{pixels.shape[0]} (w x h) but its "
@@ -288,26 +173,7 @@ def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return (pixels.max(axis=2) if pixels.ndim == 3 else pixels) > threshold
 
 
-def _assign_coco_ids(samples: list[_Sample]) -> None:
-    """Integer ids unique across both splits, in image-id order, so the files can be merged."""
-    samples.sort(key=lambda s: s.image_id)
-    next_ann_id = 1
-    for number, sample in enumerate(samples, start=1):
-        sample.coco_id = number
-        for annotation in sample.annotations:
-            annotation["id"], annotation["image_id"] = next_ann_id, number
-            next_ann_id += 1
-
-
-def split_val_ids(image_ids: Sequence[str], val_fraction: float, seed: int) -> set:
-    """A seeded random ``val_fraction`` of the ids; independent of the order they were found."""
-    ordered = sorted(image_ids)
-    count = int(round(val_fraction * len(ordered)))
-    chosen = np.random.default_rng(seed).permutation(len(ordered))[:count]
-    return {ordered[i] for i in chosen}
-
-
-def _coco_dict(samples: list[_Sample]) -> dict:
+def _coco_dict(samples: list[Sample]) -> dict:
     images, annotations = [], []
     for sample in samples:
         images.append({"id": sample.coco_id, "file_name": f"{sample.image_id}.png",

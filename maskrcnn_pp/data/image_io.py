@@ -1,43 +1,56 @@
-"""The one path from a file (or an array) to network pixels, shared by training and prediction.
+"""The one reader of image files: every decode of an image, label or volume file in the
+package happens here, and a file that cannot be used raises :class:`UnreadableImageError`
+naming it and saying why (``tests/data/test_unreadable_images.py`` checks both).
 
-Files are PNG, JPEG, BMP or TIFF; TIFF goes through ``tifffile`` so 16-bit, float and
-multi-page stacks keep their values. A stack never gives its first page silently: one page
-must be chosen (``page``), else the error says how many there are. Pixels become 8-bit by
+Images become network pixels the same way in training and prediction. Files are PNG, JPEG,
+BMP or TIFF; TIFF goes through ``tifffile`` so 16-bit, float and multi-page stacks keep
+their values. A stack never gives its first page silently: one page must be chosen
+(``page``), else the error says how many there are. Pixels become 8-bit by
 :func:`normalize_intensity` under the config's ``INPUT.INTENSITY`` (8-bit images pass
 unchanged unless a fixed range is asked for, because the models are trained on 8-bit data),
-then gray, RGB or BGR as ``INPUT.FORMAT`` asks.
+then gray, RGB or BGR as ``INPUT.FORMAT`` asks. Label images (:func:`read_label`) keep
+their values exactly; NIfTI volumes (:func:`read_nifti`) come in RAS+ orientation.
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import cv2
+import nibabel as nib
 import numpy as np
 import tifffile
+from PIL import Image
 
 from ..utils.errors import UserError
 from ..utils.io import PathLike
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "TIFF_EXTENSIONS", "UnreadableImageError", "Intensity",
-    "decode_image_file", "normalize_intensity", "to_format", "read_image", "read_image_rgb",
+    "IMAGE_EXTENSIONS", "TIFF_EXTENSIONS", "NIFTI_SUFFIXES", "UnreadableImageError",
+    "Intensity", "decode_image_file", "normalize_intensity", "to_format", "read_image",
+    "read_image_rgb", "read_label", "is_nifti", "nifti_stem", "read_nifti", "nifti_affine",
     "array_to_rgb8",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 TIFF_EXTENSIONS = (".tif", ".tiff")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
 INTENSITY_MODES = ("percentile", "minmax", "range")
+NOT_AN_IMAGE = ("cannot be decoded as an image (corrupt, truncated or not one of "
+                f"{', '.join(IMAGE_EXTENSIONS)})")
 
 
 class UnreadableImageError(UserError):
-    """An image file that is missing, empty, corrupt or of an unsupported pixel type."""
+    """An image, label or volume file that is missing, empty, corrupt, or of a pixel type
+    or shape its reader cannot use; the message names the file and says why."""
 
-    def __init__(self, path: PathLike, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path = Path(path)
-        self.reason = reason
+    def __init__(self, path: PathLike, reason: Optional[str] = None):
+        # One argument is a whole message: torch re-creates a DataLoader worker's error so.
+        super().__init__(str(path) if reason is None else f"{path}: {reason}")
+        self.path = None if reason is None else Path(path)
+        self.reason = str(path) if reason is None else reason
 
 
 @dataclass(frozen=True)
@@ -140,24 +153,105 @@ def _bgr_to_rgb(pixels: np.ndarray) -> np.ndarray:
     return pixels
 
 
-def decode_image_file(path: PathLike, page: Optional[int] = None) -> np.ndarray:
-    """The file's pixels as stored (any depth), colour channels in RGB(A) order."""
+def _file_bytes(path: PathLike) -> np.ndarray:
+    """The bytes of a file that exists and is not empty."""
     try:
         data = np.fromfile(path, np.uint8)
     except OSError as err:
         raise UnreadableImageError(path, f"cannot be read ({err.strerror or err})") from None
     if data.size == 0:
         raise UnreadableImageError(path, "file is empty")
-    if str(path).lower().endswith(TIFF_EXTENSIONS) or data[:4].tobytes() in (
-            b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+    return data
+
+
+def _is_tiff(path: PathLike, data: np.ndarray) -> bool:
+    return str(path).lower().endswith(TIFF_EXTENSIONS) or data[:4].tobytes() in (
+        b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def decode_image_file(path: PathLike, page: Optional[int] = None) -> np.ndarray:
+    """The file's pixels as stored (any depth), colour channels in RGB(A) order."""
+    data = _file_bytes(path)
+    if _is_tiff(path, data):
         return _read_tiff(path, data, page)
     if page:
         raise UnreadableImageError(path, f"has no page {page}: only TIFF files hold several")
     pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if pixels is None:
-        raise UnreadableImageError(path, "cannot be decoded as an image (corrupt, truncated "
-                                         f"or not one of {', '.join(IMAGE_EXTENSIONS)})")
+        raise UnreadableImageError(path, NOT_AN_IMAGE)
     return _bgr_to_rgb(pixels)
+
+
+def read_label(path: PathLike) -> np.ndarray:
+    """A label image (class or object ids) as a 2-D array of its stored values, never
+    rescaled: integer, or float as a TIFF stores it (callers decide about fractions).
+
+    Palette PNGs give their indices (Pillow reads them; OpenCV would give the colours),
+    TIFFs go through ``tifffile``; more than one channel is an :class:`UnreadableImageError`.
+    """
+    data = _file_bytes(path)
+    if _is_tiff(path, data):
+        labels = _read_tiff(path, data, None)
+    else:
+        try:
+            with Image.open(io.BytesIO(data.tobytes())) as image:
+                labels = np.asarray(image)
+        except Image.UnidentifiedImageError:
+            raise UnreadableImageError(path, NOT_AN_IMAGE) from None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise UnreadableImageError(path, f"cannot be decoded as an image ({err})") from None
+    if labels.ndim == 3 and labels.shape[2] == 1:
+        labels = labels[..., 0]
+    if labels.ndim != 2:
+        raise UnreadableImageError(path, f"has shape {labels.shape}; a label image has one "
+                                         "channel of class or object ids")
+    if labels.dtype == bool:  # a 1-bit file: background 0, object 1
+        return labels.astype(np.uint8)
+    if labels.dtype.kind not in "uif":
+        raise UnreadableImageError(path, f"has pixel type {labels.dtype}, not a label type")
+    return labels
+
+
+def is_nifti(path: PathLike) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def nifti_stem(path: PathLike) -> str:
+    """The file name without ``.nii.gz`` / ``.nii`` (or, for other files, its suffix)."""
+    path = Path(path)
+    for suffix in NIFTI_SUFFIXES:
+        if path.name.lower().endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.stem
+
+
+def _load_nifti(path: PathLike):
+    try:
+        return nib.load(str(path))
+    except Exception as err:  # nibabel raises many types for broken files
+        raise UnreadableImageError(path, f"not a readable NIfTI file ({err})") from None
+
+
+def read_nifti(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """A NIfTI volume in the closest canonical (RAS+) orientation, and that affine; a file
+    that cannot be read or is not 3D is an :class:`UnreadableImageError`."""
+    img = _load_nifti(path)
+    try:
+        img = nib.as_closest_canonical(img)
+        data = np.asanyarray(img.dataobj)
+    except Exception as err:  # the header reads but the voxels do not (a truncated file)
+        raise UnreadableImageError(path, f"not a readable NIfTI file ({err})") from None
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise UnreadableImageError(path, f"expected a 3D volume, got shape {data.shape}")
+    return data, img.affine
+
+
+def nifti_affine(path: PathLike) -> np.ndarray:
+    """The affine a NIfTI file stores (its own voxel order, before :func:`read_nifti`'s
+    reorientation), to write outputs in the input's space."""
+    return _load_nifti(path).affine
 
 
 def _rgb8(pixels: np.ndarray, intensity: Intensity | None, channel: Optional[int]

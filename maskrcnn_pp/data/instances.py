@@ -27,18 +27,18 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..utils.errors import UserError
 from ..utils.io import PathLike, atomic_write_bytes
-from .coco import datasets_root, mask_to_annotation, register_nuclei_coco
-from .dsb2018 import (
+from .catalog import SPLITS, datasets_root
+from .coco import mask_to_annotation, register_nuclei_coco
+from .conversion import (
     NUCLEUS_CATEGORY,
-    SPLITS,
     ConversionReport,
+    Sample,
     SampleProblem,
-    _record,
-    _Sample,
-    decode_sample_file,
+    read_sample_file,
+    record_problem,
     write_conversion,
 )
-from .image_io import IMAGE_EXTENSIONS
+from .image_io import IMAGE_EXTENSIONS, read_label
 from .sources import source_root
 
 __all__ = ["convert_instances", "read_label_image", "register_prepared_instances"]
@@ -64,7 +64,7 @@ def convert_instances(src: PathLike, out: PathLike, val_fraction: float = 0.1, s
         raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     out = Path(out)
     report = ConversionReport(source=str(src), val_fraction=val_fraction, seed=seed)
-    samples: list[_Sample] = []
+    samples: list[Sample] = []
     file_names: dict[str, str] = {}
     with source_root(Path(src)) as root:
         layout = _find_layout(root)
@@ -85,13 +85,13 @@ def convert_instances(src: PathLike, out: PathLike, val_fraction: float = 0.1, s
                     sample, file_names[image_path.stem] = _convert_sample(
                         image_path, masks.get(image_path.stem, []), out / "images")
                 except SampleProblem as problem:
-                    _record(report, root, problem)
+                    record_problem(report, root, problem)
                     continue
                 samples.append(sample)
     if not samples and not report.problems:
         raise UserError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {src}")
 
-    def coco_dict(chosen: list[_Sample]) -> dict:
+    def coco_dict(chosen: list[Sample]) -> dict:
         return {"info": {"description": f"instance label images of {src}, converted by "
                                         "maskrcnn_pp"},
                 "images": [{"id": s.coco_id, "file_name": file_names[s.image_id],
@@ -123,27 +123,20 @@ def _label_images_by_stem(mask_dir: Path) -> dict[str, list[Path]]:
 
 def read_label_image(path: Path) -> np.ndarray:
     """A label image as a 2-D int64 array, or :class:`SampleProblem` saying why it is not
-    one (colour image, negative or non-integer values, unreadable)."""
-    labels = decode_sample_file(path, "unreadable_mask")
-    if labels.ndim == 3 and labels.shape[2] == 1:
-        labels = labels[..., 0]
-    if labels.ndim != 2:
-        raise SampleProblem(path, "not_a_label_image",
-                            f"has shape {labels.shape}; a label image has one channel")
-    if labels.dtype.kind == "f":
-        if not np.isfinite(labels).all() or (labels != np.round(labels)).any():
-            raise SampleProblem(path, "non_integer_labels",
-                                 "holds values that are not whole numbers; a label image "
-                                 "holds one integer id per object")
-    elif labels.dtype.kind not in "ui":
-        raise SampleProblem(path, "not_a_label_image", f"has pixel type {labels.dtype}")
+    one (unreadable or not one channel, negative or non-integer values)."""
+    labels = read_sample_file(path, "unreadable_mask", read_label)
+    if labels.dtype.kind == "f" and (not np.isfinite(labels).all()
+                                     or (labels != np.round(labels)).any()):
+        raise SampleProblem(path, "non_integer_labels",
+                            "holds values that are not whole numbers; a label image "
+                            "holds one integer id per object")
     if labels.min() < 0:
         raise SampleProblem(path, "negative_labels", "holds negative values")
     return labels.astype(np.int64)
 
 
 def _convert_sample(image_path: Path, mask_paths: list[Path],
-                    image_dir: Path) -> tuple[_Sample, str]:
+                    image_dir: Path) -> tuple[Sample, str]:
     """One image and its label image -> the written image's name and its annotations."""
     if not mask_paths:
         raise SampleProblem(image_path, "missing_mask",
@@ -152,7 +145,7 @@ def _convert_sample(image_path: Path, mask_paths: list[Path],
     if len(mask_paths) > 1:
         raise SampleProblem(image_path, "ambiguous_mask", "several label images match: "
                             + ", ".join(p.name for p in mask_paths))
-    image = decode_sample_file(image_path, "unreadable_image")
+    image = read_sample_file(image_path, "unreadable_image")
     labels = read_label_image(mask_paths[0])
     height, width = image.shape[:2]
     if labels.shape != (height, width):
@@ -164,7 +157,7 @@ def _convert_sample(image_path: Path, mask_paths: list[Path],
     if not ids.size:
         raise SampleProblem(mask_paths[0], "no_objects", "label image holds no object "
                             "(every pixel is 0)")
-    sample = _Sample(image_id=image_path.stem, height=height, width=width,
+    sample = Sample(image_id=image_path.stem, height=height, width=width,
                      annotations=[mask_to_annotation(labels == i, NUCLEUS_CATEGORY["id"])
                                   for i in ids])
     return sample, _write_image(image, image_path, image_dir)

@@ -1,5 +1,5 @@
-"""Detectron2's DatasetMapper reading images through ``data/image_io.py`` (the path
-prediction uses, so 16-bit TIFFs give the network the same pixels); an image that fails
+"""Detectron2's DatasetMapper reading images and labels through ``data/image_io.py`` (the
+path prediction uses, so 16-bit TIFFs give the network the same pixels); a file that fails
 to decode is named, never hidden."""
 from __future__ import annotations
 
@@ -14,20 +14,16 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 from .. import compat
-from ..utils.errors import UserError
-from .image_io import Intensity, UnreadableImageError, read_image
+from .image_io import Intensity, UnreadableImageError, read_image, read_label
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CheckedDatasetMapper", "BadImageError"]
-
-
-class BadImageError(UserError):
-    """A data-set image could not be read or decoded."""
+__all__ = ["CheckedDatasetMapper"]
 
 
 class CheckedDatasetMapper(DatasetMapper):
-    """``DatasetMapper`` that turns a read/decode failure into an error naming the file.
+    """``DatasetMapper`` whose read/decode failure is an :class:`UnreadableImageError`
+    naming the file and the way out.
 
     With ``skip_bad_images`` (cfg.DATALOADER.SKIP_BAD_IMAGES) the item is dropped instead:
     Detectron2's ``MapDataset`` then draws another one, and a warning keeps the count.
@@ -49,13 +45,14 @@ class CheckedDatasetMapper(DatasetMapper):
         return args
 
     def _map(self, dataset_dict: dict) -> dict:
-        """DatasetMapper's work with the image read by :func:`read_image`."""
+        """DatasetMapper's work with the image read by :func:`read_image` and the label by
+        :func:`read_label`."""
         dataset_dict = copy.deepcopy(dataset_dict)
         image = read_image(dataset_dict["file_name"], self.image_format, self.intensity)
         utils.check_image_size(dataset_dict, image)
         sem_seg = dataset_dict.pop("sem_seg_file_name", None)
         aug_input = T.AugInput(image, sem_seg=None if sem_seg is None
-                               else utils.read_image(sem_seg, "L").squeeze(2))
+                               else read_label(sem_seg))
         transforms = self.augmentations(aug_input)
         image_shape = aug_input.image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(
@@ -74,14 +71,12 @@ class CheckedDatasetMapper(DatasetMapper):
     def __call__(self, dataset_dict: dict):
         try:
             return self._map(dataset_dict)
-        except (UnreadableImageError, OSError) as err:  # OSError: PIL reading a label file
-            reason = err.reason if isinstance(err, UnreadableImageError) else str(err)
-            file_name = dataset_dict.get("file_name", "<unknown file>")
+        except UnreadableImageError as err:
             if not self.skip_bad_images:
-                raise BadImageError(
-                    f"{file_name}: cannot read image ({reason}); fix or remove it, or set "
-                    "DATALOADER.SKIP_BAD_IMAGES True to skip such images") from err
+                raise UnreadableImageError(
+                    err.path, f"cannot read image ({err.reason}); fix or remove it, or set "
+                              "DATALOADER.SKIP_BAD_IMAGES True to skip such images") from err
             self.skipped += 1
             logger.warning("Skipped image %s that cannot be read (%s); %d skipped so far in "
-                           "this loader", file_name, reason, self.skipped)
+                           "this loader", err.path, err.reason, self.skipped)
             return None

@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 
 from ..utils.io import atomic_write_bytes, atomic_write_json
-from .coco import datasets_root, mask_to_annotation, register_coco_instances_lazy
+from .catalog import datasets_root
+from .coco import mask_to_annotation, register_coco_instances_lazy
 
 __all__ = ["SyntheticNucleiSpec", "render_image", "ensure_synthetic_nuclei",
            "register_synthetic_nuclei"]

@@ -18,7 +18,7 @@ from detectron2.utils.logger import setup_logger
 from .. import compat
 from ..data.mapper import CheckedDatasetMapper
 from ..data.sampling import build_resumable_train_loader
-from ..data.semantic import build_semantic_test_loader, build_semantic_train_loader
+from ..data.semantic_mapper import build_semantic_test_loader, build_semantic_train_loader
 from ..evaluation.nuclei import NucleiEvaluator
 from ..evaluation.semantic import SemanticEvaluator
 from ..utils.errors import UserError

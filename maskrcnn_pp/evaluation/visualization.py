@@ -32,7 +32,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..data.coco import compressed_rle
 from ..data.image_io import UnreadableImageError, read_image_rgb
-from ..data.semantic import SemanticDatasetMapper
+from ..data.semantic_mapper import SemanticDatasetMapper
 from ..utils.errors import UserError
 from ..utils.io import PathLike, atomic_write_bytes
 from .nuclei import (

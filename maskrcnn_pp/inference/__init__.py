@@ -15,7 +15,7 @@ network; the pre- and post-processing around it stay the same:
   version: :class:`DetectronModelRunner`.
 * semantic ``model_fn(batch) -> probabilities``: ``batch`` is a float32 tensor (N, C, H, W)
   or (N, C, D, H, W) on the 0..255 scale, prepared exactly as the semantic test mapper
-  does (:func:`maskrcnn_pp.data.semantic.semantic_network_input`); the result is (N, K, ...)
+  does (:func:`maskrcnn_pp.data.semantic_mapper.semantic_network_input`); the result is (N, K, ...)
   foreground (K = 1) or class probabilities of the same spatial size. Eager version:
   :class:`SemanticModelRunner`.
 """

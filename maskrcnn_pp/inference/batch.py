@@ -37,11 +37,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..data.image_io import (
     IMAGE_EXTENSIONS,
+    NIFTI_SUFFIXES,
     TIFF_EXTENSIONS,
     UnreadableImageError,
     decode_image_file,
+    is_nifti,
+    nifti_affine,
+    read_nifti,
 )
-from ..data.semantic import NIFTI_SUFFIXES, SemanticDataError, read_nifti
 from ..evaluation.nuclei import load_coco_ground_truth
 from ..utils.errors import UserError
 from ..utils.io import (
@@ -81,7 +84,7 @@ class InputImage:
 
     @property
     def is_volume(self) -> bool:
-        return self.path.name.lower().endswith(NIFTI_SUFFIXES)
+        return is_nifti(self.path)
 
     @property
     def stem(self) -> str:
@@ -252,11 +255,8 @@ def _read_input(item: InputImage, predictor, options: WriteOptions
     if item.is_volume:
         if predictor.kind != "semantic" or predictor.dims != 3:
             raise UnreadableImageError(item.path, "a NIfTI volume needs a 3D semantic model")
-        try:
-            volume, canonical_affine = read_nifti(item.path)
-        except SemanticDataError as err:
-            raise UnreadableImageError(item.path, str(err).split(": ", 1)[-1]) from None
-        affine = nib.load(str(item.path)).affine
+        volume, canonical_affine = read_nifti(item.path)
+        affine = nifti_affine(item.path)
         space = _NiftiSpace(affine, nib.orientations.ornt_transform(
             nib.io_orientation(canonical_affine), nib.io_orientation(affine)))
         return predictor.prepare(volume.transpose(2, 1, 0)), space, None

@@ -2,7 +2,7 @@
 
 The input is cut into windows of ``tile_size`` (the whole image or volume by default for
 2D, the training patch ``INPUT.SEMANTIC_SIZE`` for 3D); each window goes through the test
-mapper's steps (:func:`~maskrcnn_pp.data.semantic.semantic_network_input`: 0..255 scale,
+mapper's steps (:func:`~maskrcnn_pp.data.semantic_mapper.semantic_network_input`: 0..255 scale,
 resized to ``INPUT.SEMANTIC_SIZE``), the network callable, and back to the window's size;
 overlapping windows are averaged.
 """
@@ -21,7 +21,7 @@ from detectron2.config import CfgNode
 from tqdm import tqdm
 
 from ..data.image_io import Intensity, array_to_rgb8, normalize_intensity, to_format
-from ..data.semantic import semantic_network_input
+from ..data.semantic_mapper import semantic_network_input
 from ..evaluation.semantic import foreground
 from ..utils.errors import UserError
 from ..utils.tiles import tile_starts

@@ -12,7 +12,7 @@ from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
 from torch import nn
 
-from ..data.semantic import build_semantic_test_loader
+from ..data.semantic_mapper import build_semantic_test_loader
 from ..engine.checkpoint import load_inference_weights
 from ..engine.inference_modes import InferenceModes
 from ..evaluation.semantic import SemanticEvaluator, mode_name

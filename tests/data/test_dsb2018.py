@@ -16,7 +16,8 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from pycocotools import mask as mask_util
 
-from maskrcnn_pp.data.coco import DatasetNotPreparedError, register_coco_instances_lazy
+from maskrcnn_pp.data.catalog import DatasetNotPreparedError
+from maskrcnn_pp.data.coco import register_coco_instances_lazy
 from maskrcnn_pp.data.dsb2018 import convert_dsb2018, register_dsb2018
 from maskrcnn_pp.utils.errors import UserError
 from tests.helpers import ROOT

@@ -13,7 +13,8 @@ from detectron2.utils.env import seed_all_rng
 from torch import nn
 
 import maskrcnn_pp  # noqa: F401
-from maskrcnn_pp.data.mapper import BadImageError, CheckedDatasetMapper
+from maskrcnn_pp.data.image_io import UnreadableImageError
+from maskrcnn_pp.data.mapper import CheckedDatasetMapper
 from maskrcnn_pp.engine import load_config
 from maskrcnn_pp.engine.checkpoint import SafeCheckpointer
 from maskrcnn_pp.engine.launch import launch
@@ -73,7 +74,7 @@ def test_undecodable_image_is_named_or_skipped_with_a_count(tmp_path, caplog):
     good, bad = _broken_image_dataset(tmp_path)
     mapper = CheckedDatasetMapper(cfg, True)
     assert mapper(dict(good))["image"].shape[0] == 3
-    with pytest.raises(BadImageError, match="broken.png: cannot read image"):
+    with pytest.raises(UnreadableImageError, match="broken.png: cannot read image"):
         mapper(dict(bad))
     cfg.DATALOADER.SKIP_BAD_IMAGES = True
     skipping = CheckedDatasetMapper(cfg, True)
@@ -148,7 +149,7 @@ def test_resumed_run_sees_the_batches_and_ends_with_the_weights_of_an_uninterrup
     --resume; here the stream continues, metrics.json loses the records a killed run wrote
     after its checkpoint, and the result is that of a run never stopped."""
 
-    from maskrcnn_pp.data.semantic import prepare_liver
+    from maskrcnn_pp.data.prepare import prepare_liver
     from maskrcnn_pp.modeling.semantic_arch import SemanticUNetPP
 
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))

@@ -16,11 +16,10 @@ from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
 
 from maskrcnn_pp.config import add_maskrcnn_pp_config
-from maskrcnn_pp.data.semantic import (
+from maskrcnn_pp.data.prepare import prepare_liver, prepare_nodule
+from maskrcnn_pp.data.semantic_mapper import (
     build_semantic_test_loader,
     build_semantic_train_loader,
-    prepare_liver,
-    prepare_nodule,
 )
 from maskrcnn_pp.engine import load_config
 from maskrcnn_pp.engine.inference_modes import InferenceModes

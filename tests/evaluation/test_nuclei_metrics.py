@@ -17,7 +17,8 @@ from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.structures import Boxes, Instances
 from pycocotools import mask as mask_util
 
-from maskrcnn_pp.data.dsb2018 import convert_dsb2018, register_coco_instances_lazy
+from maskrcnn_pp.data.coco import register_coco_instances_lazy
+from maskrcnn_pp.data.dsb2018 import convert_dsb2018
 from maskrcnn_pp.evaluation.nuclei import (
     DSB_THRESHOLDS,
     InstanceOverlap,

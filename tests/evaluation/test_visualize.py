@@ -205,7 +205,7 @@ def test_semantic_checkpoint_pictures_show_foreground_and_score_it(tmp_path, cap
     """A semantic network whose heads say "foreground" everywhere: each picture's IoU must
     be the label's foreground share, computed here from the prepared label file."""
 
-    from maskrcnn_pp.data.semantic import prepare_liver
+    from maskrcnn_pp.data.prepare import prepare_liver
 
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))
     hu, seg = liver_phantom()

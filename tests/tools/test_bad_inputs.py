@@ -715,7 +715,7 @@ def serve() -> None:
     line on stdin) in a forked child as ``__main__``; answer with its exit code."""
     import detectron2.engine  # noqa: F401
 
-    import maskrcnn_pp.data.semantic  # noqa: F401
+    import maskrcnn_pp.data.prepare  # noqa: F401
     import maskrcnn_pp.engine.train  # noqa: F401
     import maskrcnn_pp.evaluation.visualization  # noqa: F401
     import maskrcnn_pp.studies.benchmark  # noqa: F401
@@ -965,12 +965,12 @@ def test_user_error_from_a_data_loader_worker_is_its_own_line(capsys):
     """torch re-raises a worker's exception with the worker's traceback as its message."""
     from torch._utils import ExceptionWrapper
 
-    from maskrcnn_pp.data.mapper import BadImageError
+    from maskrcnn_pp.data.image_io import UnreadableImageError
     from maskrcnn_pp.utils.errors import exit_on_user_error
 
     try:
-        raise BadImageError("/data/x.png: cannot read image")
-    except BadImageError:
+        raise UnreadableImageError("/data/x.png: cannot read image")
+    except UnreadableImageError:
         wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
 
     @exit_on_user_error

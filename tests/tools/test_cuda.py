@@ -63,7 +63,7 @@ def test_amp_training_and_evaluation_of_mask_rcnn_pp(trained_pp):
 
 def test_amp_training_of_the_semantic_quick_config(tmp_path):
 
-    from maskrcnn_pp.data.semantic import prepare_liver
+    from maskrcnn_pp.data.prepare import prepare_liver
 
     hu, seg = liver_phantom()
     for number in range(3):

@@ -79,7 +79,7 @@ def test_train_then_evaluate_quick_config(tmp_path):
 @pytest.mark.slow
 def test_semantic_unetpp_trains_and_reports_each_pruning_level(tmp_path):
 
-    from maskrcnn_pp.data.semantic import prepare_liver
+    from maskrcnn_pp.data.prepare import prepare_liver
 
     hu, seg = liver_phantom()
     for number in range(3):

@@ -17,7 +17,7 @@ from maskrcnn_pp.data.image_io import (
     read_image_rgb,
 )
 from maskrcnn_pp.data.mapper import CheckedDatasetMapper
-from maskrcnn_pp.data.semantic import SemanticDatasetMapper
+from maskrcnn_pp.data.semantic_mapper import SemanticDatasetMapper
 from maskrcnn_pp.engine import load_config
 from maskrcnn_pp.inference import (
     DetectronModelRunner,

@@ -1,5 +1,5 @@
-"""Semantic data: preparation (phantoms in the LiTS / LIDC formats, real DSB2018 and polyp
-data), registration, the mapper and the prepare CLIs."""
+"""The semantic preparers (data/prepare/): phantoms in the LiTS / LIDC formats, real DSB2018
+and polyp data, and the prepare CLIs."""
 from __future__ import annotations
 
 import json
@@ -14,18 +14,13 @@ import cv2
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from detectron2.data import DatasetCatalog
 
-from maskrcnn_pp.data.coco import DatasetNotPreparedError
-from maskrcnn_pp.data.semantic import (
-    SemanticDataError,
-    SemanticDatasetMapper,
+from maskrcnn_pp.data.catalog import SemanticDataError
+from maskrcnn_pp.data.prepare import (
     prepare_liver,
     prepare_nodule,
     prepare_nuclei_patches,
     prepare_polyp,
-    register_semantic_datasets,
 )
 from maskrcnn_pp.utils.errors import UserError
 from tests.helpers import ROOT, liver_phantom, nodule_phantom, write_lits, write_nodule
@@ -242,63 +237,6 @@ def test_clinicdb_split_by_video_sequence(tmp_path, clinicdb_root):
     for sequence in ([20, 21, 22, 23, 24, 25], [26, 27, 28, 29, 30], [60, 61, 62]):
         assert len({split_of[str(n)] for n in sequence}) == 1
     assert set(split_of.values()) == {"train", "val"}
-
-
-# ---------------------------------------------------------------- registration and mapper
-
-@pytest.fixture
-def prepared_liver(tmp_path, monkeypatch) -> Path:
-    hu, seg = liver_phantom()
-    write_lits(tmp_path / "lits", 0, hu, seg)
-    write_lits(tmp_path / "lits", 1, hu, seg)
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "datasets"))
-    prepare_liver(tmp_path / "lits", tmp_path / "datasets", size=64, val_fraction=0.5)
-    return tmp_path / "datasets" / "liver"
-
-
-def test_registration_is_lazy_idempotent_and_explains_missing_data(prepared_liver,
-                                                                   monkeypatch, tmp_path):
-    register_semantic_datasets()
-    register_semantic_datasets()
-    dicts = DatasetCatalog.get("liver_train")
-    assert len(dicts) == 6
-    assert Path(dicts[0]["sem_seg_file_name"]).parent.name == "labels"
-    assert Path(dicts[0]["file_name"]).name == Path(dicts[0]["sem_seg_file_name"]).name
-    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "elsewhere"))
-    with pytest.raises(DatasetNotPreparedError, match="prepare_nodule.py --source"):
-        DatasetCatalog.get("nodule_val")
-
-
-def test_mapper_train_and_test(prepared_liver):
-    record = {"file_name": str(next((prepared_liver / "val" / "images").iterdir())),
-              "image_id": "x"}
-    record["sem_seg_file_name"] = record["file_name"].replace("/images/", "/labels/")
-    truth = read_png(Path(record["sem_seg_file_name"]))
-    train = SemanticDatasetMapper(True, image_format="L", size=32, num_classes=1, flip=True)
-    out = train(dict(record))
-    assert out["image"].shape == (1, 32, 32) and out["image"].dtype == torch.float32
-    assert out["sem_seg"].shape == (32, 32) and out["sem_seg"].dtype == torch.int64
-    assert (out["height"], out["width"]) == (32, 32)
-    assert 0 < out["sem_seg"].sum() < truth.sum()
-    test = SemanticDatasetMapper(False, image_format="L", size=32, num_classes=1, flip=True)
-    out = test(dict(record))
-    assert out["image"].shape == (1, 32, 32)
-    assert np.array_equal(out["sem_seg"].numpy(), truth)  # scored at the stored size
-    assert (out["height"], out["width"]) == (64, 64)
-
-
-def test_mapper_rejects_bad_labels(tmp_path):
-    (tmp_path / "images").mkdir()
-    (tmp_path / "labels").mkdir()
-    cv2.imwrite(str(tmp_path / "images/a.png"), np.zeros((8, 8), np.uint8))
-    cv2.imwrite(str(tmp_path / "labels/a.png"), np.full((8, 8), 255, np.uint8))
-    cv2.imwrite(str(tmp_path / "labels/b.png"), np.zeros((6, 8), np.uint8))
-    mapper = SemanticDatasetMapper(False, image_format="L", size=0, num_classes=1, flip=False)
-    record = {"file_name": str(tmp_path / "images/a.png"), "image_id": "a"}
-    with pytest.raises(SemanticDataError, match="a.png: label value 255 is not a class id"):
-        mapper({**record, "sem_seg_file_name": str(tmp_path / "labels/a.png")})
-    with pytest.raises(SemanticDataError, match="differ in size"):
-        mapper({**record, "sem_seg_file_name": str(tmp_path / "labels/b.png")})
 
 
 # ---------------------------------------------------------------- CLIs

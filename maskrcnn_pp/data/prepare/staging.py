@@ -19,7 +19,7 @@ from ...utils.errors import UserError
 from ...utils.io import atomic_write_json
 from ..catalog import SPLITS, SemanticDataError, datasets_root
 from ..conversion import split_val_ids
-from ..image_io import UnreadableImageError, read_nifti
+from ..image_io import Intensity, UnreadableImageError, normalize_intensity, read_nifti
 from ..sources import display_name
 
 __all__ = [
@@ -165,11 +165,11 @@ def resize_2d(array: np.ndarray, size: int, is_label: bool) -> np.ndarray:
 
 
 def hu_window(hu: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Clip Hounsfield units to ``[low, high]`` and map them linearly to uint8 0..255."""
+    """Clip Hounsfield units to ``[low, high]`` and map them linearly to uint8 0..255: the
+    "range" intensity mode of the one image path, with an error that names the window."""
     if not high > low:
         raise UserError(f"HU window needs low < high, got [{low}, {high}]")
-    scaled = (np.clip(hu.astype(np.float32), low, high) - low) * (255.0 / (high - low))
-    return np.round(scaled).astype(np.uint8)
+    return normalize_intensity(np.asarray(hu), Intensity("range", float(low), float(high)))
 
 
 def read_nifti_pair(image_path: Path, label_path: Path, prep: Preparation):

@@ -35,12 +35,9 @@ from maskrcnn_pp.cli.arguments import (
 from maskrcnn_pp.engine import is_semantic, load_config
 from maskrcnn_pp.engine.checkpoint import load_inference_weights
 from maskrcnn_pp.engine.trainer import Trainer
-from maskrcnn_pp.evaluation.visualization import (
-    render_dataset_predictions,
-    render_results_file,
-    render_semantic_predictions,
-)
+from maskrcnn_pp.evaluation.visualization import render_results_file
 from maskrcnn_pp.inference import load_predictor
+from maskrcnn_pp.studies.pictures import render_dataset_predictions, render_semantic_predictions
 from maskrcnn_pp.utils.errors import UserError, check_finite, exit_on_user_error
 from maskrcnn_pp.utils.io import check_output_dir
 

@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import numpy as np
-import torch
-from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import Visualizer
@@ -32,22 +29,19 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..data.coco import compressed_rle
 from ..data.image_io import UnreadableImageError, read_image_rgb
-from ..data.semantic_mapper import SemanticDatasetMapper
 from ..utils.errors import UserError
 from ..utils.io import PathLike, atomic_write_bytes
 from .nuclei import (
     evaluate_coco_results,
-    image_metrics,
     load_coco_ground_truth,
     load_coco_results,
     to_rles,
 )
-from .semantic import foreground, overlap_scores
 
 __all__ = [
     "draw_instance_masks",
     "dataset_dict_rles", "format_scores_title", "save_side_by_side", "RenderedImage",
-    "render_results_file", "render_dataset_predictions", "render_semantic_predictions",
+    "dataset_records", "output_names", "render_each", "render_results_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -158,19 +152,7 @@ class RenderedImage:
     title: str
 
 
-class InstancePredictor(Protocol):
-    """What :func:`render_dataset_predictions` needs; ``inference.InstancePredictor`` is one.
-
-    Calling it on an RGB image returns an object with ``rles`` and ``scores``, holding the
-    detections with ``score >= score_thresh``.
-    """
-
-    score_thresh: float
-
-    def __call__(self, image_rgb: np.ndarray) -> Any: ...
-
-
-def _output_names(file_names: Sequence[str], image_ids: Sequence[Any]) -> list[str]:
+def output_names(file_names: Sequence[str], image_ids: Sequence[Any]) -> list[str]:
     """``<stem>.png`` per image, with the image id added where two stems are equal."""
     stems = [Path(name).stem for name in file_names]
     counts: dict[str, int] = defaultdict(int)
@@ -180,7 +162,7 @@ def _output_names(file_names: Sequence[str], image_ids: Sequence[Any]) -> list[s
             for stem, image_id in zip(stems, image_ids)]
 
 
-def _dataset_records(dataset_name: str, max_images: int | None) -> list[dict]:
+def dataset_records(dataset_name: str, max_images: int | None) -> list[dict]:
     """The first ``max_images`` records of a registered data set; user errors if it is not
     registered or not prepared."""
     if dataset_name not in DatasetCatalog.list():
@@ -192,7 +174,7 @@ def _dataset_records(dataset_name: str, max_images: int | None) -> list[dict]:
         raise UserError(str(err)) from None
 
 
-def _render_each(items: Sequence[tuple[Any, str]], output_dir: Path,
+def render_each(items: Sequence[tuple[Any, str]], output_dir: Path,
                  render: Callable[[Any, Path], RenderedImage], description: str,
                  progress: bool) -> list[RenderedImage]:
     """Render every (item, file name); unreadable images are skipped with a warning."""
@@ -255,74 +237,6 @@ def render_results_file(gt_json: PathLike, results_json: PathLike, image_root: P
                           [r["score"] for r in found], title, path)
         return RenderedImage(info["file_name"], path, metrics, title)
 
-    names = _output_names([coco_gt.imgs[i]["file_name"] for i in image_ids], image_ids)
-    return _render_each(list(zip(image_ids, names)), Path(output_dir), render, "visualize",
-                        progress)
-
-
-def render_dataset_predictions(predictor: InstancePredictor, dataset_name: str,
-                               output_dir: PathLike, max_images: int | None = None,
-                               progress: bool = True) -> list[RenderedImage]:
-    """Run ``predictor`` on a registered data set and write one comparison PNG per image.
-
-    The predictor's own score threshold decides what is drawn and scored.
-    """
-    records = _dataset_records(dataset_name, max_images)
-
-    def render(record: dict, path: Path) -> RenderedImage:
-        image = read_image_rgb(record["file_name"])
-        prediction = predictor(image)
-        gt = dataset_dict_rles(record)
-        metrics = image_metrics(gt, prediction.rles)
-        file_name = os.path.basename(record["file_name"])
-        title = format_scores_title(file_name, metrics, predictor.score_thresh)
-        save_side_by_side(image, gt, prediction.rles, prediction.scores, title, path)
-        return RenderedImage(file_name, path, metrics, title)
-
-    names = _output_names([r["file_name"] for r in records], [r["image_id"] for r in records])
-    return _render_each(list(zip(records, names)), Path(output_dir), render, dataset_name,
-                        progress)
-
-
-def render_semantic_predictions(model, cfg: CfgNode, dataset_name: str, output_dir: PathLike,
-                                max_images: int | None = None, level: int | None = None,
-                                threshold: float = 0.5,
-                                progress: bool = True) -> list[RenderedImage]:
-    """Ground truth | prediction of a semantic network (2D) for each image of a registered
-    data set, read as ``cfg``'s test mapper reads it.
-
-    ``model`` is a :class:`~maskrcnn_pp.modeling.semantic_arch.SemanticUNetPP` in eval mode;
-    ``level`` None uses its configured inference mode, 0 the accurate one, ``j`` UNet++ L_j.
-    The foreground (probability > ``threshold``) is drawn at the stored image size; its label
-    is the mean probability inside it. The title holds the image's IoU and Dice (%).
-    """
-    level = model.inference_level if level is None else level
-    mode = f"UNet++ L{level}" if level else "accurate mode"
-    mapper = SemanticDatasetMapper(cfg, is_train=False)
-    images = [mapper(record) for record in _dataset_records(dataset_name, max_images)]
-    if images and images[0]["image"].dim() != 3:
-        raise UserError("pictures are drawn for 2D data sets only; score 3D volumes with "
-                        "tools/train_net.py --eval-only")
-
-    def render(inputs: dict, path: Path) -> RenderedImage:
-        image = read_image_rgb(inputs["file_name"])
-        with torch.no_grad():
-            probabilities = model.inference([inputs], level=level)[0]["sem_seg"].cpu()
-        predicted = foreground(probabilities, threshold).numpy()
-        truth = inputs["sem_seg"].numpy() > 0
-        intersection = int((predicted & truth).sum())
-        metrics = overlap_scores(intersection, int(predicted.sum()), int(truth.sum()))
-        probability = probabilities.max(dim=0).values.numpy()
-        scores = [float(probability[predicted].mean())] if predicted.any() else []
-        file_name = os.path.basename(inputs["file_name"])
-        title = (f"{file_name}\nIoU {100 * metrics['IoU']:.1f}   "
-                 f"Dice {100 * metrics['Dice']:.1f}   "
-                 f"({mode})\nleft: ground truth   right: probability > {threshold:.2f} "
-                 "(label: mean probability)")
-        save_side_by_side(image, truth.astype(np.uint8), predicted[None] if scores else [],
-                          scores, title, path)
-        return RenderedImage(file_name, path, metrics, title)
-
-    names = _output_names([d["file_name"] for d in images], [d["image_id"] for d in images])
-    return _render_each(list(zip(images, names)), Path(output_dir), render, "visualize",
+    names = output_names([coco_gt.imgs[i]["file_name"] for i in image_ids], image_ids)
+    return render_each(list(zip(image_ids, names)), Path(output_dir), render, "visualize",
                         progress)

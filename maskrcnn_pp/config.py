@@ -17,7 +17,7 @@ from detectron2.config import CfgNode as CN
 from .utils.errors import UserError
 
 __all__ = ["add_maskrcnn_pp_config", "check_input_config", "upgrade_deprecated_keys",
-           "nested_core_node", "DEPRECATED_KEYS"]
+           "nested_core_node", "config_value", "DEPRECATED_KEYS"]
 
 # Channels of the image each INPUT.FORMAT gives the model.
 _FORMAT_CHANNELS = {"BGR": 3, "RGB": 3, "YUV-BT.601": 3, "L": 1}
@@ -180,10 +180,18 @@ def _split(key: str) -> tuple[str, str]:
     return node, name
 
 
-def _node(cfg: CN, path: str) -> CN:
-    for name in path.split("."):
-        cfg = cfg.get(name, CN())
+def config_value(cfg: CN, key: str, default: Any = None) -> Any:
+    """The value at a dotted ``key`` (``"MODEL.UNETPP.WIDTHS"``), or ``default`` where a
+    node on the way is missing."""
+    for name in key.split("."):
+        if not isinstance(cfg, dict) or name not in cfg:
+            return default
+        cfg = cfg[name]
     return cfg
+
+
+def _node(cfg: CN, path: str) -> CN:
+    return config_value(cfg, path, CN())
 
 
 def _set_deprecated(cfg: CN) -> list[DeprecatedKey]:

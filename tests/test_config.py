@@ -8,7 +8,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import maskrcnn_pp  # noqa: F401  (registers)
-from maskrcnn_pp.config import DEPRECATED_KEYS, add_maskrcnn_pp_config
+from maskrcnn_pp.config import DEPRECATED_KEYS, add_maskrcnn_pp_config, config_value
 from maskrcnn_pp.engine import load_config
 from maskrcnn_pp.modeling.semantic_arch import build_semantic_net
 from tests.helpers import ROOT
@@ -23,7 +23,7 @@ def test_the_three_users_of_the_nested_core_share_key_names():
     neck, head, semantic = cfg.MODEL.UNETPP, cfg.MODEL.ROI_MASK_HEAD, cfg.MODEL.SEMANTIC
     for node in (neck, head, semantic):
         assert CORE_KEYS <= set(node), sorted(node)
-        assert all(isinstance(node.WIDTHS, list) for node in (neck, head, semantic))
+        assert isinstance(node.WIDTHS, list)
     for node in (head, semantic):
         assert DEEP_SUPERVISION_KEYS <= set(node)
         assert node.INFERENCE_LEVEL == 0  # the accurate mode
@@ -47,12 +47,6 @@ OLD_CONFIGS = [  # old key in YAML, new key, the value expected under the new ke
 ]
 
 
-def _value(cfg, key):
-    for part in key.split("."):
-        cfg = cfg[part]
-    return cfg
-
-
 def test_every_deprecated_key_is_covered():
     assert {new for _, _, new, _ in OLD_CONFIGS} == {key.new for key in DEPRECATED_KEYS}
 
@@ -61,11 +55,11 @@ def test_every_deprecated_key_is_covered():
 def test_old_key_loads_with_a_warning_naming_the_new_key(tmp_path, base, body, new, expected):
     with pytest.warns(FutureWarning, match=f"use {new} instead"):
         cfg = load_config(_write(tmp_path, base, body))
-    assert _value(cfg, new) == expected
+    assert config_value(cfg, new) == expected
     old = next(key.old for key in DEPRECATED_KEYS if key.new == new)
     node, name = old.rsplit(".", 1)
-    assert name not in _value(cfg, node)  # the saved config speaks the new vocabulary only
-    assert f"{name}:" not in _value(cfg, node).dump()
+    assert name not in config_value(cfg, node)  # the saved config speaks the new vocabulary only
+    assert f"{name}:" not in config_value(cfg, node).dump()
 
 
 @pytest.mark.parametrize("base,body,new,expected", OLD_CONFIGS, ids=lambda v: str(v)[:30])

@@ -51,12 +51,12 @@ def run_row(run: Path, dataset: str | None) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{results_file}: not valid JSON ({err})") from None
     numbers = {key: value for key, value in results.items()
-               if key in ("IoU", "Dice") or key.startswith(("IoU_L", "ms_per_image_"))
+               if key in ("IoU", "Dice") or key.startswith("IoU_L")
                } if isinstance(results, dict) else {}
     if not ({"IoU", "Dice"} <= numbers.keys() and all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers.values())):
         raise UserError(f"{results_file}: not a semantic evaluation result (expected a JSON "
-                        "object with numbers under 'IoU', 'Dice', 'IoU_L<j>', 'ms_per_image_*')")
+                        "object with numbers under 'IoU', 'Dice' and 'IoU_L<j>')")
     return comparison_row(run.name, cfg, results)
 
 

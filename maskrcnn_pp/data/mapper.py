@@ -73,8 +73,10 @@ class CheckedDatasetMapper(DatasetMapper):
             return self._map(dataset_dict)
         except UnreadableImageError as err:
             if not self.skip_bad_images:
+                what = ("label" if str(err.path) == str(dataset_dict.get("sem_seg_file_name"))
+                        else "image")
                 raise UnreadableImageError(
-                    err.path, f"cannot read image ({err.reason}); fix or remove it, or set "
+                    err.path, f"cannot read {what} ({err.reason}); fix or remove it, or set "
                               "DATALOADER.SKIP_BAD_IMAGES True to skip such images") from err
             self.skipped += 1
             logger.warning("Skipped image %s that cannot be read (%s); %d skipped so far in "

@@ -18,7 +18,12 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_setup
 
-from ..config import add_maskrcnn_pp_config, check_input_config, upgrade_deprecated_keys
+from ..config import (
+    add_maskrcnn_pp_config,
+    check_input_config,
+    config_value,
+    upgrade_deprecated_keys,
+)
 from ..modeling.semantic_arch import SemanticUNetPP
 from ..utils.errors import UserError
 from ..utils.io import check_output_dir
@@ -149,10 +154,7 @@ def group_norm_widths_named(cfg: CfgNode) -> Iterator[None]:
 def _group_norm_problem(cfg: CfgNode, channels: int, groups: int) -> str:
     """Which config key set a GroupNorm width of ``channels`` that ``groups`` does not divide."""
     def value(key: str):
-        node = cfg
-        for part in key.split("."):
-            node = node[part]
-        return node
+        return config_value(cfg, key)
 
     def widths(key: str) -> list:
         return list(value(key)) if isinstance(value(key), (list, tuple)) else [value(key)]

@@ -270,9 +270,10 @@ def export_model(cfg: CfgNode, weights: str, fmt: str, output_dir: PathLike,
     _load_weights(model, weights)
     if semantic:
         for level in levels or ():
-            if level != 0 and level not in model.levels:
-                raise UserError(f"level {level} is not available in this network: use 0 "
-                                f"(accurate) or one of {list(model.levels)}")
+            try:
+                model.net.heads.check_level(level, "--levels")
+            except ValueError as err:
+                raise UserError(str(err)) from None
         requests = [(f"model_L{j}", j) for j in levels] if levels else \
             [("model", cfg.MODEL.SEMANTIC.INFERENCE_LEVEL)]
     else:

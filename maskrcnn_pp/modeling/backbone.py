@@ -63,7 +63,7 @@ class UNetPPNeck(Backbone):
             Conv2d(shapes[f].channels, w, 1, bias=use_bias, norm=get_norm(norm, w))
             for f, w in zip(in_features, widths))
         self.nested = NestedSkipPathways(
-            widths, num_convs=node_convs, fuse_1x1=fuse_1x1,
+            widths, node_convs=node_convs, fuse_1x1=fuse_1x1,
             upsample=upsample, norm=nested_norm(norm))
         self.output_convs = nn.ModuleList(
             Conv2d(w, out_channels, 3, padding=1, bias=use_bias,

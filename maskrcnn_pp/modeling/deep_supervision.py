@@ -39,7 +39,7 @@ def mean_probabilities(logits: Iterable[torch.Tensor],
 
 
 def supervision_weights(levels: Sequence[int], weights: Sequence[float] = (), *,
-                 config_prefix: str = "MODEL") -> dict[int, float]:
+                        config_prefix: str = "MODEL") -> dict[int, float]:
     """``w_j`` per output ``j``: the given weights (one per level), else ``1/K`` each."""
     levels = [int(j) for j in levels]
     if weights and len(weights) != len(levels):
@@ -75,18 +75,23 @@ class DeepSupervisionHeads(nn.ModuleDict):
         self.loss_weights = supervision_weights(self.levels, loss_weights,
                                                 config_prefix=config_prefix)
 
-    def check_level(self, level: int) -> int:
+    def check_level(self, level: int, source: str = "") -> int:
         """``level`` if it is the accurate mode (0) or one of the outputs, else an error
-        naming the config key. ``None``, the accurate mode of earlier versions' Python API,
-        is read as 0 with a ``FutureWarning`` for one release."""
+        naming where it came from (``source``; by default the config key).
+
+        ``None``, the accurate mode of earlier versions' ``predict(x, level=None)``, is read
+        as 0 with a ``FutureWarning`` for one release. (Where a caller that knows a config
+        takes an optional level, as ``SemanticUNetPP.inference`` and ``load_predictor`` do,
+        None means "not given": the configured ``INFERENCE_LEVEL``; it never reaches here.)"""
         if level is None:
             warnings.warn("level=None for the accurate mode is deprecated and will be removed "
                           f"in the next release; use level={ACCURATE} (ACCURATE)",
                           FutureWarning, stacklevel=3)
             return ACCURATE
         if level != ACCURATE and level not in self.levels:
-            raise ValueError(f"inference level {level} ({self.config_prefix}.INFERENCE_LEVEL) "
-                             f"is not available: use {ACCURATE} (accurate) or one of "
+            source = source or f"{self.config_prefix}.INFERENCE_LEVEL"
+            raise ValueError(f"inference level {level} ({source}) is not available: use "
+                             f"{ACCURATE} (accurate) or one of "
                              f"{list(self.levels)}")
         return level
 

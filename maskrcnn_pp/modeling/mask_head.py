@@ -69,7 +69,7 @@ class UNetPPMaskHead(BaseMaskRCNNHead):
             raise ValueError("MODEL.ROI_MASK_HEAD.WIDTHS needs at least 3 levels "
                              f"(K >= 2 deep-supervised outputs), got {list(widths)}")
         self.nested = NestedSkipPathways(
-            widths, in_channels=input_shape.channels, num_convs=node_convs,
+            widths, in_channels=input_shape.channels, node_convs=node_convs,
             norm=nested_norm(norm), upsample=upsample)
         self.heads = DeepSupervisionHeads(
             range(1, len(widths)), lambda: self._predictor(widths[0], num_classes),

@@ -70,20 +70,20 @@ def _conv(dims: int) -> type:
 
 
 class ConvBlock(nn.Sequential):
-    """H(.) of Eq. 1: ``num_convs`` 3x3 conv + norm + activation.
+    """H(.) of Eq. 1: ``node_convs`` 3x3 conv + norm + activation.
 
     With ``fuse_1x1`` a 1x1 conv first reduces the concatenated inputs to ``out_channels``,
     which keeps wide nodes (e.g. 256-channel feature pyramids) affordable.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, dims: int = 2, num_convs: int = 2,
+    def __init__(self, in_channels: int, out_channels: int, *, dims: int = 2, node_convs: int = 2,
                  norm: NormSpec = "BN", activation: Callable[[], nn.Module] = nn.ReLU,
                  fuse_1x1: bool = False):
         conv = _conv(dims)
         has_norm = bool(norm)
         layers: List[nn.Module] = []
         specs = [(1, 0)] if fuse_1x1 else []
-        specs += [(3, 1)] * num_convs
+        specs += [(3, 1)] * node_convs
         channels = in_channels
         for kernel, padding in specs:
             layers += [conv(channels, out_channels, kernel, padding=padding, bias=not has_norm),
@@ -141,14 +141,14 @@ class NestedSkipPathways(nn.Module):
         max_column: the largest ``j`` built on the skip pathways (default ``L``); node
             ``X^{i,j}`` exists for ``1 <= j <= max_column`` and ``i + j <= L``.
         dims: 1, 2 or 3 spatial dimensions.
-        num_convs, norm, activation, fuse_1x1: the node block H, see :class:`ConvBlock`.
+        node_convs, norm, activation, fuse_1x1: the node block H, see :class:`ConvBlock`.
         upsample: "nearest", "bilinear" (trilinear in 3D) or "transpose" (learned).
         dense: False drops the dense links and builds only the nodes X^{i,L-i} of the
             decoder path: the plain U-Net, from the same code.
     """
 
     def __init__(self, widths: Sequence[int], *, in_channels: Optional[int] = None,
-                 max_column: Optional[int] = None, dims: int = 2, num_convs: int = 2,
+                 max_column: Optional[int] = None, dims: int = 2, node_convs: int = 2,
                  norm: NormSpec = "BN", activation: Callable[[], nn.Module] = nn.ReLU,
                  fuse_1x1: bool = False, upsample: str = "nearest", dense: bool = True):
         super().__init__()
@@ -166,7 +166,7 @@ class NestedSkipPathways(nn.Module):
         self.dense = dense
 
         def block(cin: int, cout: int) -> ConvBlock:
-            return ConvBlock(cin, cout, dims=dims, num_convs=num_convs, norm=norm,
+            return ConvBlock(cin, cout, dims=dims, node_convs=node_convs, norm=norm,
                              activation=activation, fuse_1x1=fuse_1x1)
 
         self.nodes = nn.ModuleDict()

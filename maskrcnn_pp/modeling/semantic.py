@@ -72,7 +72,7 @@ class NestedSegmentationNet(nn.Module):
             raise ValueError("deep supervision needs the dense skip pathways: U-Net has no "
                              "intermediate top nodes X^{0,j}, j < L")
         self.pathways = NestedSkipPathways(widths, in_channels=in_channels, dims=dims,
-                                           num_convs=node_convs, norm=norm,
+                                           node_convs=node_convs, norm=norm,
                                            activation=activation, upsample=upsample,
                                            dense=dense)
         self.in_channels = in_channels

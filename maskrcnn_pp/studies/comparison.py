@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 from detectron2.config import CfgNode
 
-from ..evaluation.semantic import mode_name
 from ..modeling.semantic_arch import build_semantic_net
 
 __all__ = ["comparison_row", "comparison_markdown"]
@@ -21,14 +20,13 @@ def _network_name(cfg: CfgNode) -> str:
 
 def comparison_row(run: str, cfg: CfgNode, results: dict) -> dict:
     """One trained network of a comparison: what it is (from its config), its size, and
-    the scores an evaluation wrote (:data:`RESULTS_FILE`). ``ms_per_image`` is the time of
-    the configured inference mode; ``IoU_L<j>`` are present for the levels the run measured."""
-    mode = mode_name(cfg.MODEL.SEMANTIC.INFERENCE_LEVEL)
+    the scores an evaluation wrote (:data:`RESULTS_FILE`); ``IoU_L<j>`` are present for the
+    levels the run measured. Speed is not compared here: evaluation scores every mode from
+    one pass and times none (``tools/prune_report.py`` times each)."""
     row = {"run": run, "network": _network_name(cfg),
            "widths": list(cfg.MODEL.SEMANTIC.WIDTHS),
            "parameters": build_semantic_net(cfg).parameter_count(),
-           "IoU": results["IoU"], "Dice": results["Dice"],
-           "ms_per_image": results.get(f"ms_per_image_{mode}")}
+           "IoU": results["IoU"], "Dice": results["Dice"]}
     row.update({key: value for key, value in results.items()
                 if key.startswith("IoU_L") and key[len("IoU_L"):].isdigit()})
     return row
@@ -38,12 +36,11 @@ def comparison_markdown(rows: Sequence[dict]) -> str:
     """A table of :func:`comparison_row` rows, with one column per measured pruning level."""
     levels = sorted({int(k[len("IoU_L"):]) for r in rows for k in r if k.startswith("IoU_L")})
     head = ["run", "network", "widths", "parameters (M)", "IoU (%)", "Dice (%)",
-            *(f"IoU L{j} (%)" for j in levels), "ms / image"]
+            *(f"IoU L{j} (%)" for j in levels)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["run"], r["network"], "/".join(map(str, r["widths"])),
                  f"{r['parameters'] / 1e6:.3f}", f"{r['IoU']:.2f}", f"{r['Dice']:.2f}"]
         cells += [f"{r[f'IoU_L{j}']:.2f}" if f"IoU_L{j}" in r else "-" for j in levels]
-        cells.append("-" if r["ms_per_image"] is None else f"{r['ms_per_image']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

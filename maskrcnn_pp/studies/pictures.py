@@ -42,7 +42,6 @@ class InstancePredictor(Protocol):
     def __call__(self, image_rgb: np.ndarray) -> Any: ...
 
 
-
 def render_dataset_predictions(predictor: InstancePredictor, dataset_name: str,
                                output_dir: PathLike, max_images: int | None = None,
                                progress: bool = True) -> list[RenderedImage]:

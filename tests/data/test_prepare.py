@@ -210,7 +210,8 @@ def test_polyp_from_the_released_archive_names_files_inside_it(tmp_path, kvasir_
     report = prepare_polyp(archive, tmp_path / "out", name="kvasir", size=32, val_fraction=0)
     assert report["samples"] == {"train": 3, "val": 0}
     assert report["skipped"] == [{"file": f"{archive}:Kvasir-SEG/masks/{stems[1]}.jpg",
-                                  "reason": "not a readable image"}]
+                                  "reason": "cannot be decoded as an image (corrupt, truncated "
+                                            "or not one of .png, .jpg, .jpeg, .tif, .tiff, .bmp)"}]
 
 
 def test_polyp_source_layout_errors_are_named(tmp_path):

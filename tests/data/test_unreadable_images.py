@@ -134,9 +134,9 @@ def test_training_mapper_names_the_unreadable_image_or_label(files):
     record = {"file_name": str(files.image), "height": 8, "width": 8, "image_id": 1,
               "sem_seg_file_name": str(files.label)}
     assert mapper(dict(record))["sem_seg"].tolist() == np.eye(8).tolist()
-    for key in ("file_name", "sem_seg_file_name"):
+    for key, what in (("file_name", "image"), ("sem_seg_file_name", "label")):
         with pytest.raises(UnreadableImageError, match=f"^{re.escape(str(files.broken))}: "
-                                                       r"cannot read image \(cannot be "
+                                                       rf"cannot read {what} \(cannot be "
                                                        r"decoded.*SKIP_BAD_IMAGES"):
             mapper({**record, key: str(files.broken)})
 

@@ -260,7 +260,7 @@ def test_bad_requests_are_one_line_exit_2_before_any_work(pp_model, tmp_path, ca
 @pytest.mark.slow
 def test_unknown_level_missing_sidecar_and_odd_sizes_are_user_errors(semantic_model, tmp_path):
     _, cfg, weights = semantic_model
-    with pytest.raises(UserError, match="level 7 is not available"):
+    with pytest.raises(UserError, match=r"level 7 \(--levels\) is not available"):
         export_model(cfg, weights, "torchscript", tmp_path, levels=[7])
     (path,) = export_model(cfg, weights, "torchscript", tmp_path)
     sidecar_path(path).unlink()

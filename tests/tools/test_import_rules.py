@@ -53,6 +53,19 @@ def test_subpackages_import_only_what_their_layer_allows(owner):
     assert not broken, "\n".join(broken)
 
 
+SHARED = ["config.py", "compat.py", "model_zoo.py", "utils"]  # used by every package
+
+
+@pytest.mark.parametrize("shared", SHARED)
+def test_shared_modules_import_no_package(shared):
+    paths = [PACKAGE / shared] if shared.endswith(".py") else (PACKAGE / shared).rglob("*.py")
+    packages = {"modeling", "data", "evaluation", "engine", "inference", "studies", "cli"}
+    broken = sorted({f"{path.relative_to(PACKAGE.parent)} imports {module}"
+                     for path in paths for module in _imports(path)
+                     if _subpackage(module) in packages})
+    assert not broken, "\n".join(broken)
+
+
 def test_the_nested_core_imports_only_torch_and_the_standard_library():
     outside = sorted({module for module in _imports(PACKAGE / "modeling" / "nested.py")
                       if module.split(".")[0] not in {"torch", *sys.stdlib_module_names}})

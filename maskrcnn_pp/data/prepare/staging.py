@@ -85,8 +85,8 @@ class Preparation:
         """``reader(file)``, or None after reporting the file as unreadable."""
         try:
             return reader(file)
-        except UnreadableImageError:
-            self.skip(file, "not a readable image")
+        except UnreadableImageError as err:
+            self.skip(file, err.reason)
             return None
 
     def _name(self, file: Path) -> str:
@@ -179,7 +179,8 @@ def read_nifti_pair(image_path: Path, label_path: Path, prep: Preparation):
         image, affine = read_nifti(image_path)
         label, _ = read_nifti(label_path)
     except UnreadableImageError as err:
-        prep.skip(image_path, str(err))
+        which = "" if err.path == Path(image_path) else f"label {err.path.name}: "
+        prep.skip(image_path, which + err.reason)
         return None
     if image.shape != label.shape:
         prep.skip(image_path, f"image {image.shape} and label {label.shape} differ in shape")

@@ -77,6 +77,12 @@ CONFIG_READERS = ("maskrcnn_pp.engine.config", "maskrcnn_pp.engine", "maskrcnn_p
                   "maskrcnn_pp.cli.prune_report", "maskrcnn_pp.cli.export_model")
 
 
+def _run_fresh(code: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter, so ``sys.modules`` shows what its imports load."""
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
 @pytest.mark.slow
 def test_reading_a_config_does_not_import_the_trainer():
     probe = ("import importlib, sys\n"
@@ -84,8 +90,19 @@ def test_reading_a_config_does_not_import_the_trainer():
              "    importlib.import_module(name)\n"
              "    if 'maskrcnn_pp.engine.trainer' in sys.modules:\n"
              "        sys.exit(f'{name} imports maskrcnn_pp.engine.trainer')\n")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    done = _run_fresh(probe)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_import_registers_without_loading_the_training_loop_or_predictors():
+    """``import maskrcnn_pp`` registers; its entry points (``maskrcnn_pp.load_predictor``)
+    load their packages on first use."""
+    done = _run_fresh(
+        "import sys, maskrcnn_pp; from detectron2.modeling import BACKBONE_REGISTRY; "
+        "assert 'build_resnet_unetpp_backbone' in BACKBONE_REGISTRY; "
+        "loaded = [m for m in ('maskrcnn_pp.engine.trainer', 'maskrcnn_pp.inference') "
+        "if m in sys.modules]; assert not loaded, loaded; "
+        "maskrcnn_pp.load_predictor; assert 'maskrcnn_pp.inference' in sys.modules")
     assert done.returncode == 0, done.stderr[-2000:]
 
 

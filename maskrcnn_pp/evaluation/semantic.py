@@ -27,8 +27,8 @@ from detectron2.utils import comm
 
 from ..utils.io import atomic_write_json
 
-__all__ = ["SemanticEvaluator", "foreground", "overlap_scores", "mode_name", "HEADLINE",
-           "RESULTS_FILE"]
+__all__ = ["SemanticEvaluator", "foreground", "overlap_scores", "mode_scores", "mode_name",
+           "HEADLINE", "RESULTS_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,15 @@ def overlap_scores(intersection: int, predicted: int, truth: int) -> dict[str, f
     if total == 0:
         return {"IoU": 1.0, "Dice": 1.0}
     return {"IoU": intersection / (total - intersection), "Dice": 2 * intersection / total}
+
+
+def mode_scores(counts, mode: str = HEADLINE) -> dict[str, float]:
+    """What the evaluator reports for one mode's ``(intersection, predicted, truth)`` pixel
+    counts: ``IoU`` and ``Dice`` in percent, suffixed ``_<mode>`` for a mode other than the
+    model's own outputs."""
+    suffix = "" if mode == HEADLINE else f"_{mode}"
+    return {f"{key}{suffix}": 100.0 * value
+            for key, value in overlap_scores(*(int(c) for c in counts)).items()}
 
 
 def mode_name(level: int) -> str:
@@ -124,9 +133,8 @@ class SemanticEvaluator(DatasetEvaluator):
         results: dict[str, float] = {}
         for name in dict.fromkeys(name for g in gathered for name in g[0]):
             counts = sum(g[0].get(name, 0) for g in gathered)
+            results.update(mode_scores(counts, name))
             suffix = "" if name == HEADLINE else f"_{name}"
-            results.update({f"{k}{suffix}": 100.0 * v
-                            for k, v in overlap_scores(*map(int, counts)).items()})
             if any(name in g[1] for g in gathered):
                 seconds = sum(g[1].get(name, 0.0) for g in gathered)
                 images = sum(g[2].get(name, 0) for g in gathered)

@@ -31,11 +31,10 @@ __all__ = ["ACCURATE", "DeepSupervisionHeads", "mean_probabilities", "supervisio
 ACCURATE = 0
 
 
-def mean_probabilities(logits: Iterable[torch.Tensor],
-                       activation: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+def mean_probabilities(probabilities: Iterable[torch.Tensor]) -> torch.Tensor:
     """The accurate mode: the mean of the outputs' probabilities (not of their logits, so
     a confident output cannot outvote the others by its magnitude alone)."""
-    return torch.stack([activation(z) for z in logits]).mean(dim=0)
+    return torch.stack(list(probabilities)).mean(dim=0)
 
 
 def supervision_weights(levels: Sequence[int], weights: Sequence[float] = (), *,

@@ -131,5 +131,5 @@ class UNetPPMaskHead(BaseMaskRCNNHead):
                       for j, logits in self.layers(x).items()}
             return self.heads.weighted_losses(losses, "loss_mask")
         logits = self.layers(x, self.inference_level).values()
-        attach_mask_probabilities(mean_probabilities(logits, torch.sigmoid), instances)
+        attach_mask_probabilities(mean_probabilities(z.sigmoid() for z in logits), instances)
         return instances

@@ -108,7 +108,7 @@ class NestedSegmentationNet(nn.Module):
         """Probabilities. ``level=0``: the mean over all outputs (accurate mode);
         ``level=j``: output ``X^{0,j}`` alone, computing only the nodes it depends on
         (fast mode, UNet++ L_j)."""
-        return mean_probabilities(self.logits(x, level).values(), self.probabilities)
+        return mean_probabilities(self.probabilities(z) for z in self.logits(x, level).values())
 
     def losses(self, x: torch.Tensor, target: torch.Tensor, **loss_kwargs
                ) -> dict[str, torch.Tensor]:

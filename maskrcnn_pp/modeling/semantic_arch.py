@@ -119,7 +119,7 @@ class SemanticUNetPP(nn.Module):
         them does (``studies/pruning.py``)."""
         logits = self.net.logits(self.preprocess_image(batched_inputs))
         modes = {j: self.net.probabilities(z) for j, z in logits.items()}
-        modes[ACCURATE] = mean_probabilities(logits.values(), self.net.probabilities)
+        modes[ACCURATE] = mean_probabilities(list(modes.values()))
         return {mode: self._postprocess(batched_inputs, probs) for mode, probs in modes.items()}
 
     def _postprocess(self, batched_inputs: list[dict], probs: torch.Tensor) -> list[dict]:

@@ -59,7 +59,7 @@ from ..evaluation.nuclei import (
     dataset_ground_truth,
     load_coco_results,
 )
-from ..evaluation.semantic import HEADLINE, SemanticEvaluator, overlap_scores
+from ..evaluation.semantic import HEADLINE, SemanticEvaluator, mode_scores
 from ..utils.errors import UserError
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -317,9 +317,7 @@ class RunEval:
             out.update({m: float(v[positions].mean()) for m, v in self.values.items()})
             return out
         for mode, counts in self.counts.items():
-            pooled = overlap_scores(*(int(c) for c in counts[positions].sum(axis=0)))
-            for score, value in pooled.items():
-                out[score if mode == HEADLINE else f"{score}_{mode}"] = 100.0 * value
+            out.update(mode_scores(counts[positions].sum(axis=0), mode))
         return out
 
     def per_image(self, metric: str) -> np.ndarray | None:
@@ -327,10 +325,8 @@ class RunEval:
         if metric in self.values:
             return self.values[metric]
         for mode, counts in self.counts.items():
-            for score in ("IoU", "Dice"):
-                if metric == (score if mode == HEADLINE else f"{score}_{mode}"):
-                    return np.array([100.0 * overlap_scores(*map(int, c))[score]
-                                     for c in counts])
+            if metric in mode_scores((0, 0, 0), mode):  # one of the keys this mode reports
+                return np.array([mode_scores(c, mode)[metric] for c in counts])
         return None
 
 

@@ -203,8 +203,8 @@ class Trainer(DefaultTrainer):
         accurate and UNet++ L1..L4, from one more forward pass (:class:`InferenceModes`;
         timing each mode is the pruning report's job)."""
         if evaluators is None and is_semantic(cfg):
-            evaluators = [InferenceModes(model, SemanticEvaluator(name, output_dir=os.path.join(
-                cfg.OUTPUT_DIR, "inference", name))) for name in cfg.DATASETS.TEST]
+            evaluators = [InferenceModes(model, cls.build_evaluator(cfg, name))
+                          for name in cfg.DATASETS.TEST]
         return super().test(cfg, model, evaluators)
 
     @classmethod

@@ -3,9 +3,9 @@
 The three users of the nested core (the neck ``MODEL.UNETPP``, the mask head
 ``MODEL.ROI_MASK_HEAD`` and the semantic nets ``MODEL.SEMANTIC``) share one vocabulary:
 ``WIDTHS`` (node channels per level, finest first), ``NODE_CONVS`` (3x3 convolutions per
-node), ``UPSAMPLE`` and ``NORM``; the two deep-supervised ones add
-``DEEP_SUPERVISION_WEIGHTS`` and ``INFERENCE_LEVEL`` (0: accurate, j: UNet++ L_j). The
-names used before still load for one release, with a ``FutureWarning`` naming the new key.
+node), ``NODE_INIT`` (their initialization), ``UPSAMPLE`` and ``NORM``; the two
+deep-supervised ones add ``DEEP_SUPERVISION_WEIGHTS`` and ``INFERENCE_LEVEL`` (0: accurate,
+j: UNet++ L_j). The names used before still load for one release, with a ``FutureWarning`` naming the new key.
 """
 from __future__ import annotations
 
@@ -51,6 +51,8 @@ def _add_backbone_config(cfg: CN) -> None:
     # Node block H: a 1x1 fusion of the concatenated inputs, then NODE_CONVS 3x3 convs.
     cfg.MODEL.UNETPP.FUSE_1X1 = True
     cfg.MODEL.UNETPP.NODE_CONVS = 1
+    # "" (PyTorch's default) or "msra" (He normal, as Detectron2's heads): the node convs.
+    cfg.MODEL.UNETPP.NODE_INIT = ""
     cfg.MODEL.UNETPP.UPSAMPLE = "nearest"
     cfg.MODEL.UNETPP.WIDTH = None  # deprecated: WIDTHS
 
@@ -64,6 +66,7 @@ def _add_mask_head_config(cfg: CN) -> None:
     # K = len(WIDTHS) - 1 deep-supervised outputs X^{0,1}..X^{0,K}, K >= 2.
     head.WIDTHS = [64, 128, 256]
     head.NODE_CONVS = 2
+    head.NODE_INIT = ""
     # U(.) inside the head's nested pathways: "transpose", "nearest" or "bilinear".
     head.UPSAMPLE = "transpose"
     # Weight of loss_mask_1..loss_mask_K; empty means 1/K each (the mean), so the mask
@@ -99,6 +102,7 @@ def _add_semantic_config(cfg: CN) -> None:
     # "transpose" (the reference code's 2x2 transposed conv), "nearest" or "bilinear".
     sem.UPSAMPLE = "transpose"
     sem.NODE_CONVS = 2
+    sem.NODE_INIT = ""
     sem.NUM_CONVS = None  # deprecated: NODE_CONVS
     # 0: accurate mode (mean of the outputs); j in 1..L: fast mode, the pruned UNet++ L_j.
     sem.INFERENCE_LEVEL = 0

@@ -34,9 +34,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-sets", nargs="+", help="replaces the study's eval_sets")
     p.add_argument("--jobs", type=int, default=1, help="trainings run side by side")
     p.add_argument("--threads", type=int,
-                   help="CPU threads shared by the jobs (default: all cores)")
+                   help="CPU threads shared by the jobs (default: one per job)")
     p.add_argument("--no-train", action="store_true",
                    help="train nothing: evaluate and report the finished runs only")
+    p.add_argument("--train-only", action="store_true",
+                   help="train the unfinished runs, evaluate nothing")
+    p.add_argument("--only", nargs="+", metavar="MODEL", default=(),
+                   help="train only these models of the study (e.g. the main pair first)")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--ap-resamples", type=int, default=200,
                    help="bootstrap resamples for COCO AP (slower: recomputed per resample)")
@@ -65,7 +69,10 @@ def main(argv=None) -> int:
                      eval_sets=args.eval_sets,
                      models=_pairs(args.model, "--model") if args.model else None,
                      more_overrides=_pairs(args.override or [], "--override"))
+    if args.no_train and args.train_only:
+        raise UserError("--no-train and --train-only exclude each other")
     run_study(spec, jobs=args.jobs, threads=args.threads, train=not args.no_train,
+              evaluate=not args.train_only, only=args.only,
               resamples=args.resamples, ap_resamples=args.ap_resamples,
               seed=args.bootstrap_seed,
               command=shlex.join(["tools/study.py", *(sys.argv[1:] if argv is None else argv)]))

@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+import sys
+
 from detectron2.engine import default_argument_parser
 
 from maskrcnn_pp.cli.arguments import add_unsafe_pickle_argument
@@ -21,3 +23,7 @@ def argument_parser():
 
 def main(argv: list[str] | None = None) -> int:
     return launch_from_args(argument_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

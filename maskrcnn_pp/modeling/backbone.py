@@ -35,13 +35,15 @@ class UNetPPNeck(Backbone):
         widths: channels of the lateral projection and of the nested nodes of each level
             (one per ``in_features``, finest first).
         norm: Detectron2 norm name ("GN", "BN", "SyncBN", "" ...).
-        node_convs, fuse_1x1, upsample: the node block, see ``NestedSkipPathways``.
+        node_convs, fuse_1x1, upsample, node_init: the node block, see
+            ``NestedSkipPathways``.
         top_block: like FPN's, e.g. ``LastLevelMaxPool`` for ``p6``.
     """
 
     def __init__(self, bottom_up: Backbone, in_features: List[str], out_channels: int, *,
                  widths: Sequence[int], norm: str = "GN", node_convs: int = 1,
-                 fuse_1x1: bool = True, upsample: str = "nearest", top_block=None):
+                 fuse_1x1: bool = True, upsample: str = "nearest", node_init: str = "",
+                 top_block=None):
         super().__init__()
         shapes = bottom_up.output_shape()
         missing = [f for f in in_features if f not in shapes]
@@ -64,7 +66,7 @@ class UNetPPNeck(Backbone):
             for f, w in zip(in_features, widths))
         self.nested = NestedSkipPathways(
             widths, node_convs=node_convs, fuse_1x1=fuse_1x1,
-            upsample=upsample, norm=nested_norm(norm))
+            upsample=upsample, norm=nested_norm(norm), node_init=node_init)
         self.output_convs = nn.ModuleList(
             Conv2d(w, out_channels, 3, padding=1, bias=use_bias,
                    norm=get_norm(norm, out_channels))
@@ -116,4 +118,5 @@ def build_resnet_unetpp_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
     return UNetPPNeck(
         bottom_up, opts.IN_FEATURES, opts.OUT_CHANNELS, widths=opts.WIDTHS, norm=opts.NORM,
         node_convs=opts.NODE_CONVS, fuse_1x1=opts.FUSE_1X1, upsample=opts.UPSAMPLE,
+        node_init=opts.NODE_INIT,
         top_block=LastLevelMaxPool())

@@ -55,7 +55,8 @@ class UNetPPMaskHead(BaseMaskRCNNHead):
         input_shape: the pooled ROI features.
         num_classes: mask classes (1 for class-agnostic masks).
         widths: node channels per level; ``K = len(widths) - 1`` supervised outputs.
-        node_convs, norm, upsample: the node block H and U(.) of the nested pathways.
+        node_convs, norm, upsample, node_init: the node block H and U(.) of the nested
+            pathways.
         loss_weights: weight of each ``loss_mask_j``; defaults to 1/K each.
         inference_level: 0 = mean of all K outputs' probabilities, j = output j alone.
     """
@@ -63,14 +64,15 @@ class UNetPPMaskHead(BaseMaskRCNNHead):
     @configurable
     def __init__(self, input_shape: ShapeSpec, *, num_classes: int, widths: Sequence[int],
                  node_convs: int = 2, norm: str = "", upsample: str = "transpose",
-                 loss_weights: Sequence[float] = (), inference_level: int = ACCURATE, **kwargs):
+                 node_init: str = "", loss_weights: Sequence[float] = (),
+                 inference_level: int = ACCURATE, **kwargs):
         super().__init__(**kwargs)
         if len(widths) < 3:
             raise ValueError("MODEL.ROI_MASK_HEAD.WIDTHS needs at least 3 levels "
                              f"(K >= 2 deep-supervised outputs), got {list(widths)}")
         self.nested = NestedSkipPathways(
             widths, in_channels=input_shape.channels, node_convs=node_convs,
-            norm=nested_norm(norm), upsample=upsample)
+            norm=nested_norm(norm), upsample=upsample, node_init=node_init)
         self.heads = DeepSupervisionHeads(
             range(1, len(widths)), lambda: self._predictor(widths[0], num_classes),
             loss_weights=loss_weights, config_prefix="MODEL.ROI_MASK_HEAD")
@@ -113,6 +115,7 @@ class UNetPPMaskHead(BaseMaskRCNNHead):
             "node_convs": head.NODE_CONVS,
             "norm": head.NORM,
             "upsample": head.UPSAMPLE,
+            "node_init": head.NODE_INIT,
             "loss_weights": list(head.DEEP_SUPERVISION_WEIGHTS),
             "inference_level": head.INFERENCE_LEVEL,
             "vis_period": cfg.VIS_PERIOD,

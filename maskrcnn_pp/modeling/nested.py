@@ -69,16 +69,25 @@ def _conv(dims: int) -> type:
     return (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
 
 
+NODE_INITS = ("", "msra")
+
+
 class ConvBlock(nn.Sequential):
     """H(.) of Eq. 1: ``node_convs`` 3x3 conv + norm + activation.
 
     With ``fuse_1x1`` a 1x1 conv first reduces the concatenated inputs to ``out_channels``,
-    which keeps wide nodes (e.g. 256-channel feature pyramids) affordable.
+    which keeps wide nodes (e.g. 256-channel feature pyramids) affordable. ``init`` ""
+    keeps PyTorch's default initialization of the convolutions; "msra" is He's normal
+    initialization for ReLU (fan-out, zero bias), which Detectron2's own heads use
+    (``c2_msra_fill``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, *, dims: int = 2, node_convs: int = 2,
                  norm: NormSpec = "BN", activation: Callable[[], nn.Module] = nn.ReLU,
-                 fuse_1x1: bool = False):
+                 fuse_1x1: bool = False, init: str = ""):
+        if init not in NODE_INITS:
+            raise ValueError(f"unknown node initialization {init!r}; use '' (PyTorch's "
+                             "default) or 'msra'")
         conv = _conv(dims)
         has_norm = bool(norm)
         layers: List[nn.Module] = []
@@ -90,6 +99,12 @@ class ConvBlock(nn.Sequential):
                        make_norm(norm, out_channels, dims), activation()]
             channels = out_channels
         super().__init__(*layers)
+        if init == "msra":
+            for layer in layers:
+                if isinstance(layer, conv):
+                    nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+                    if layer.bias is not None:
+                        nn.init.zeros_(layer.bias)
 
 
 def _fit(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -141,7 +156,8 @@ class NestedSkipPathways(nn.Module):
         max_column: the largest ``j`` built on the skip pathways (default ``L``); node
             ``X^{i,j}`` exists for ``1 <= j <= max_column`` and ``i + j <= L``.
         dims: 1, 2 or 3 spatial dimensions.
-        node_convs, norm, activation, fuse_1x1: the node block H, see :class:`ConvBlock`.
+        node_convs, norm, activation, fuse_1x1, node_init: the node block H, see
+            :class:`ConvBlock` (``node_init`` is its ``init``).
         upsample: "nearest", "bilinear" (trilinear in 3D) or "transpose" (learned).
         dense: False drops the dense links and builds only the nodes X^{i,L-i} of the
             decoder path: the plain U-Net, from the same code.
@@ -150,7 +166,8 @@ class NestedSkipPathways(nn.Module):
     def __init__(self, widths: Sequence[int], *, in_channels: Optional[int] = None,
                  max_column: Optional[int] = None, dims: int = 2, node_convs: int = 2,
                  norm: NormSpec = "BN", activation: Callable[[], nn.Module] = nn.ReLU,
-                 fuse_1x1: bool = False, upsample: str = "nearest", dense: bool = True):
+                 fuse_1x1: bool = False, upsample: str = "nearest", dense: bool = True,
+                 node_init: str = ""):
         super().__init__()
         if len(widths) < 2:
             raise ValueError("UNet++ needs at least two levels (len(widths) >= 2)")
@@ -167,7 +184,7 @@ class NestedSkipPathways(nn.Module):
 
         def block(cin: int, cout: int) -> ConvBlock:
             return ConvBlock(cin, cout, dims=dims, node_convs=node_convs, norm=norm,
-                             activation=activation, fuse_1x1=fuse_1x1)
+                             activation=activation, fuse_1x1=fuse_1x1, init=node_init)
 
         self.nodes = nn.ModuleDict()
         self.upsamples = nn.ModuleDict()

@@ -64,7 +64,7 @@ class NestedSegmentationNet(nn.Module):
                  dense: bool, deep_supervision: bool, norm: NormSpec = "BN",
                  upsample: str = "transpose", node_convs: int = 2,
                  activation: Callable[[], nn.Module] = nn.ReLU,
-                 loss_weights: Sequence[float] = ()):
+                 loss_weights: Sequence[float] = (), node_init: str = ""):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -74,7 +74,7 @@ class NestedSegmentationNet(nn.Module):
         self.pathways = NestedSkipPathways(widths, in_channels=in_channels, dims=dims,
                                            node_convs=node_convs, norm=norm,
                                            activation=activation, upsample=upsample,
-                                           dense=dense)
+                                           dense=dense, node_init=node_init)
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.dims = dims
@@ -144,11 +144,11 @@ class UNetPlusPlus(NestedSegmentationNet):
                  deep_supervision: bool = True, norm: NormSpec = "BN",
                  upsample: str = "transpose", node_convs: int = 2,
                  activation: Callable[[], nn.Module] = nn.ReLU,
-                 loss_weights: Sequence[float] = ()):
+                 loss_weights: Sequence[float] = (), node_init: str = ""):
         super().__init__(in_channels=in_channels, num_classes=num_classes, widths=widths,
                          dims=dims, dense=True, deep_supervision=deep_supervision, norm=norm,
                          upsample=upsample, node_convs=node_convs, activation=activation,
-                         loss_weights=loss_weights)
+                         loss_weights=loss_weights, node_init=node_init)
 
 
 class UNet(NestedSegmentationNet):
@@ -160,10 +160,11 @@ class UNet(NestedSegmentationNet):
     def __init__(self, in_channels: int = 1, num_classes: int = 1,
                  widths: Sequence[int] = PAPER_WIDTHS, dims: int = 2, norm: NormSpec = "BN",
                  upsample: str = "transpose", node_convs: int = 2,
-                 activation: Callable[[], nn.Module] = nn.ReLU):
+                 activation: Callable[[], nn.Module] = nn.ReLU, node_init: str = ""):
         super().__init__(in_channels=in_channels, num_classes=num_classes, widths=widths,
                          dims=dims, dense=False, deep_supervision=False, norm=norm,
-                         upsample=upsample, node_convs=node_convs, activation=activation)
+                         upsample=upsample, node_convs=node_convs, activation=activation,
+                         node_init=node_init)
 
 
 def _soft_dice(probs: torch.Tensor, onehot: torch.Tensor, smooth: float) -> torch.Tensor:

@@ -28,7 +28,7 @@ def build_semantic_net(cfg: CfgNode) -> NestedSegmentationNet:
     sem = nested_core_node(cfg, "MODEL.SEMANTIC")
     common = dict(in_channels=sem.IN_CHANNELS, num_classes=sem.NUM_CLASSES,
                   widths=tuple(sem.WIDTHS), dims=sem.DIMS, norm=sem.NORM,
-                  upsample=sem.UPSAMPLE, node_convs=sem.NODE_CONVS)
+                  upsample=sem.UPSAMPLE, node_convs=sem.NODE_CONVS, node_init=sem.NODE_INIT)
     arch = sem.ARCH.lower()
     if arch == "unetpp":
         return UNetPlusPlus(deep_supervision=sem.DEEP_SUPERVISION,

@@ -31,20 +31,14 @@ import logging
 import os
 import platform
 import re
-import shlex
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import inference_on_dataset
 from detectron2.modeling import build_model
@@ -62,232 +56,18 @@ from ..evaluation.nuclei import (
 from ..evaluation.semantic import HEADLINE, SemanticEvaluator, mode_scores
 from ..utils.errors import UserError
 from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .description import StudySpec, load_spec
+from .runs import Run, check_run_config, plan_runs, train_runs
 
 __all__ = ["StudySpec", "Run", "load_spec", "plan_runs", "check_run_config", "train_runs",
-           "evaluate_run", "bootstrap_positions", "summarize", "run_study", "TRAIN_NET"]
+           "evaluate_run", "bootstrap_positions", "summarize", "run_study"]
 
 logger = logging.getLogger(__name__)
 
-TRAIN_NET = Path(__file__).resolve().parents[2] / "tools" / "train_net.py"
-SPEC_KEYS = {"output", "models", "seeds", "overrides", "eval_sets", "group_pattern"}
-STUDY_KEYS = ("SEED", "OUTPUT_DIR", "DATASETS.TEST")
-# Where a run is stored and which device ran it do not change what it learned.
-NOT_COMPARED = {"OUTPUT_DIR", "MODEL.DEVICE"}
 CACHE_VERSION = 1
 COCO_METRICS = {"segm_AP": ("segm", "AP"), "segm_AP50": ("segm", "AP50"),
                 "segm_AP75": ("segm", "AP75"), "bbox_AP": ("bbox", "AP")}
 KEY_METRICS = ("segm_AP", "bbox_AP", "dsb_map", "aji", "dice", "f1_50", "IoU", "Dice")
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-
-
-# --------------------------------------------------------------------------- description
-
-
-@dataclass
-class StudySpec:
-    """What to compare; see the module docstring for the YAML form."""
-
-    output: Path
-    models: dict[str, str]
-    seeds: list[int]
-    overrides: dict[str, Any] = field(default_factory=dict)
-    eval_sets: list[str] = field(default_factory=list)
-    group_pattern: str | None = None
-    source: str = "<command line>"
-
-    def as_dict(self) -> dict:
-        return {"output": str(self.output), "models": dict(self.models),
-                "seeds": list(self.seeds), "overrides": dict(self.overrides),
-                "eval_sets": list(self.eval_sets), "group_pattern": self.group_pattern}
-
-
-def load_spec(path: str | os.PathLike, more_overrides: dict | None = None,
-              **changes: Any) -> StudySpec:
-    """Read and check a study YAML; ``changes`` (non-None) replace its fields,
-    ``more_overrides`` are merged into its overrides."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"study file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping with keys {', '.join(sorted(SPEC_KEYS))}")
-    unknown = sorted(set(data) - SPEC_KEYS)
-    if unknown:
-        raise UserError(f"{path}: unknown key(s) {', '.join(unknown)}; "
-                        f"known: {', '.join(sorted(SPEC_KEYS))}")
-    data.update({k: v for k, v in changes.items() if v is not None})
-    if more_overrides:
-        data["overrides"] = {**(data.get("overrides") or {}), **more_overrides}
-    return check_spec(data, str(path))
-
-
-def check_spec(data: dict, source: str) -> StudySpec:
-    """A :class:`StudySpec` from a plain dict; every mistake names ``source`` and the key."""
-    for key in ("output", "models", "seeds"):
-        if data.get(key) in (None, "", [], {}):
-            raise UserError(f"{source}: '{key}' is required")
-    models = data["models"]
-    if not isinstance(models, dict):
-        raise UserError(f"{source}: 'models' must map model names to config files")
-    for name, config in models.items():
-        if not (isinstance(name, str) and _NAME.match(name)):
-            raise UserError(f"{source}: model name {name!r} must be letters, digits, '_', "
-                            "'-' or '.' (it names a folder)")
-        if not isinstance(config, str) or not Path(config).is_file():
-            raise UserError(f"{source}: models.{name}: config file {config} does not exist")
-    seeds = data["seeds"]
-    if (not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool)
-                                               and s >= 0 for s in seeds)
-            or len(set(seeds)) != len(seeds)):
-        raise UserError(f"{source}: 'seeds' must be a list of distinct integers >= 0, "
-                        f"got {seeds!r}")
-    overrides = data.get("overrides") or {}
-    if not isinstance(overrides, dict):
-        raise UserError(f"{source}: 'overrides' must map config keys to values")
-    for key in overrides:
-        if key in STUDY_KEYS:
-            raise UserError(f"{source}: overrides.{key} is set by the study for each run; "
-                            "remove it")
-    eval_sets = data.get("eval_sets") or []
-    if not isinstance(eval_sets, list) or not all(isinstance(s, str) for s in eval_sets):
-        raise UserError(f"{source}: 'eval_sets' must be a list of registered data set names")
-    registered = set(DatasetCatalog.list())
-    for name in eval_sets:
-        if name not in registered:
-            raise UserError(f"{source}: eval_sets: unknown data set {name!r}; register it with "
-                            "DatasetCatalog (see README) or use a registered name")
-    pattern = data.get("group_pattern")
-    if pattern is not None:
-        try:
-            if re.compile(pattern).groups < 1:
-                raise UserError(f"{source}: group_pattern {pattern!r} needs a (group)")
-        except re.error as err:
-            raise UserError(f"{source}: group_pattern {pattern!r}: {err}") from None
-    return StudySpec(output=Path(data["output"]), models=dict(models), seeds=list(seeds),
-                     overrides=dict(overrides), eval_sets=list(eval_sets),
-                     group_pattern=pattern, source=source)
-
-
-def _override_opts(overrides: dict[str, Any]) -> list[str]:
-    """``KEY VALUE`` pairs as Detectron2's ``merge_from_list`` reads them (literal_eval)."""
-    opts = []
-    for key, value in overrides.items():
-        opts += [str(key), value if isinstance(value, str) else repr(value)]
-    return opts
-
-
-# --------------------------------------------------------------------------- runs
-
-
-@dataclass
-class Run:
-    """One (model, seed) training run of a study."""
-
-    model: str
-    seed: int
-    config_file: str
-    run_dir: Path
-    opts: list[str]
-
-    @property
-    def weights(self) -> Path:
-        return self.run_dir / "model_final.pth"
-
-    @property
-    def finished(self) -> bool:
-        return self.weights.is_file()
-
-    def train_command(self) -> list[str]:
-        """The ``tools/train_net.py`` command; --resume continues a killed run (and starts a
-        new one when there is no checkpoint yet)."""
-        return [sys.executable, str(TRAIN_NET), "--config-file", self.config_file, "--resume",
-                *self.opts]
-
-    def config(self):
-        return load_config(self.config_file, self.opts)
-
-
-def plan_runs(spec: StudySpec) -> list[Run]:
-    """Every (model, seed) run of the study, models in the study's order."""
-    shared = _override_opts(spec.overrides)
-    runs = []
-    for model, config_file in spec.models.items():
-        for seed in spec.seeds:
-            run_dir = spec.output / "runs" / model / f"seed{seed}"
-            opts = [*shared, "SEED", str(seed), "OUTPUT_DIR", str(run_dir), "DATASETS.TEST", "()"]
-            runs.append(Run(model, seed, config_file, run_dir, opts))
-    return runs
-
-
-def _flat(cfg) -> dict[str, Any]:
-    """Config as ``{"A.B.C": value}``, tuples and lists alike (YAML round trip)."""
-    def walk(node, prefix):
-        for key, value in node.items():
-            if isinstance(value, dict):
-                yield from walk(value, f"{prefix}{key}.")
-            else:
-                yield f"{prefix}{key}", value
-    return dict(walk(yaml.safe_load(cfg.dump()), ""))
-
-
-def check_run_config(run: Run) -> None:
-    """Refuse a run folder whose ``config.yaml`` differs from what the study would train."""
-    saved = run.run_dir / "config.yaml"
-    if not saved.is_file():
-        return
-    wanted, found = _flat(run.config()), _flat(load_config(str(saved)))
-    differ = sorted(k for k in wanted.keys() | found.keys()
-                    if k not in NOT_COMPARED and wanted.get(k) != found.get(k))
-    if differ:
-        shown = "; ".join(f"{k}: run {found.get(k)!r}, study {wanted.get(k)!r}"
-                          for k in differ[:4])
-        more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
-        raise UserError(f"{saved} differs from what the study would train ({shown}{more}): "
-                        "delete that run folder, or give the study another 'output'")
-
-
-def train_runs(runs: Sequence[Run], jobs: int = 1, threads: int | None = None,
-               progress: Callable[[str], None] = print) -> None:
-    """Train the unfinished runs, ``jobs`` at a time, each with ``threads // jobs`` threads
-    (OMP_NUM_THREADS); on a machine with several GPUs each job gets one."""
-    todo = [run for run in runs if not run.finished]
-    if not todo:
-        return
-    jobs = max(1, min(jobs, len(todo)))
-    per_job = max(1, (threads or os.cpu_count() or 1) // jobs)
-    gpus = torch.cuda.device_count()
-    free_slots = list(range(jobs))
-    lock = threading.Lock()
-    failed: list[str] = []
-
-    def train(run: Run) -> None:
-        with lock:
-            slot = free_slots.pop()
-        env = {**os.environ, "OMP_NUM_THREADS": str(per_job), "MKL_NUM_THREADS": str(per_job)}
-        if gpus > 1:
-            env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        state = "resuming" if (run.run_dir / "last_checkpoint").is_file() else "starting"
-        progress(f"{state} {run.model} seed {run.seed} ({per_job} thread(s)): "
-                 f"{shlex.join(run.train_command())}")
-        start = time.time()
-        with open(run.run_dir / "train.log", "ab") as log:
-            code = subprocess.call(run.train_command(), stdout=log, stderr=subprocess.STDOUT,
-                                   env=env)
-        with lock:
-            free_slots.append(slot)
-        if code != 0 or not run.finished:
-            failed.append(f"{run.run_dir} (exit code {code}; see {run.run_dir / 'train.log'})")
-        else:
-            progress(f"trained {run.model} seed {run.seed} in {time.time() - start:.0f} s")
-
-    with ThreadPoolExecutor(jobs) as pool:
-        list(pool.map(train, todo))
-    if failed:
-        raise UserError("training failed: " + "; ".join(failed))
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -362,7 +142,7 @@ def evaluate_run(run: Run, dataset: str, progress: Callable[[str], None] = print
                 return cache
         except (ValueError, KeyError):
             pass
-    cfg = run.config()
+    cfg = run.config(evaluation=True)
     cfg.MODEL.WEIGHTS = str(run.weights)
     semantic = is_semantic(cfg)
     evaluator_type = MetadataCatalog.get(dataset).get("evaluator_type", "coco")
@@ -535,11 +315,25 @@ def machine_description() -> str:
             f"torch {torch.__version__}, Python {platform.python_version()}")
 
 
+def _model_words(entry: dict) -> str:
+    """A model entry of the description in words."""
+    if entry.get("runs_of"):
+        return f"the runs of {entry['runs_of']}, evaluated with " + ", ".join(
+            f"`{k} {v}`" for k, v in entry["eval_overrides"].items())
+    words = f"`{entry['config']}`"
+    for kind in ("overrides", "eval_overrides"):
+        if entry.get(kind):
+            words += f" with {kind.replace('_', ' ')} " + ", ".join(
+                f"`{k} {v}`" for k, v in entry[kind].items())
+    return words
+
+
 def study_markdown(report: dict) -> str:
     spec = report["study"]
     lines = [f"# Study `{spec['output']}`", "",
              f"Command: `{report['command']}`  ", f"Machine: {report['machine']}  ",
-             "Models: " + ", ".join(f"{m} (`{c}`)" for m, c in spec["models"].items()) + "  ",
+             "Models: " + ", ".join(f"{m} ({_model_words(e)})"
+                                    for m, e in spec["models"].items()) + "  ",
              f"Seeds: {spec['seeds']}; overrides: "
              + (", ".join(f"`{k} {v}`" for k, v in spec["overrides"].items()) or "none"), ""]
     if report["unfinished"]:
@@ -626,20 +420,30 @@ def _figure(dataset: str, metric: str, summary: dict, plots: dict) -> bytes:
 
 
 def run_study(spec: StudySpec, jobs: int = 1, threads: int | None = None, train: bool = True,
-              resamples: int = 2000, ap_resamples: int = 200, seed: int = 0,
-              command: str = "", progress: Callable[[str], None] = print) -> dict:
-    """Train what is unfinished (unless ``train`` is False), evaluate, and write
-    ``study.json``, ``study.md`` and the figures into ``spec.output``; returns the report."""
+              evaluate: bool = True, only: Sequence[str] = (), resamples: int = 2000,
+              ap_resamples: int = 200, seed: int = 0, command: str = "",
+              progress: Callable[[str], None] = print) -> dict | None:
+    """Train what is unfinished (unless ``train`` is False; ``only`` limits training to
+    those models), then, unless ``evaluate`` is False, evaluate and write ``study.json``,
+    ``study.md`` and the figures into ``spec.output``; returns the report."""
+    unknown = sorted(set(only) - set(spec.models))
+    if unknown:
+        raise UserError(f"--only: unknown model(s) {', '.join(unknown)} (the study has "
+                        f"{', '.join(spec.models)})")
     runs = plan_runs(spec)
     for run in runs:
         check_run_config(run)
     eval_sets = spec.eval_sets or list(dict.fromkeys(
-        name for config in spec.models.values() for name in load_config(config).DATASETS.TEST))
+        name for entry in spec.models.values()
+        for name in load_config(entry.config).DATASETS.TEST))
     if not eval_sets:
         raise UserError(f"{spec.source}: no 'eval_sets' and the models' configs have no "
                         "DATASETS.TEST")
     if train:
-        train_runs(runs, jobs=jobs, threads=threads, progress=progress)
+        train_runs([r for r in runs if not only or r.model in only], jobs=jobs,
+                   threads=threads, progress=progress)
+    if not evaluate:
+        return None
     torch.set_num_threads(threads or os.cpu_count() or 1)
     finished = [run for run in runs if run.finished]
     report: dict[str, Any] = {

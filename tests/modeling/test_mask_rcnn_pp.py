@@ -126,6 +126,19 @@ def test_configs_differ_only_in_backbone_and_mask_head(pair):
     assert differing == {"MODEL.BACKBONE.NAME", "MODEL.ROI_MASK_HEAD.NAME", "OUTPUT_DIR"}
 
 
+@pytest.mark.parametrize("pair,component", [
+    (("mask_rcnn_fpn_unetpp_head", "mask_rcnn_baseline"), "MODEL.ROI_MASK_HEAD.NAME"),
+    (("mask_rcnn_fpn_unetpp_head", "mask_rcnn_pp"), "MODEL.BACKBONE.NAME"),
+    (("mask_rcnn_unetpp_neck_conv_head", "mask_rcnn_pp"), "MODEL.ROI_MASK_HEAD.NAME"),
+    (("mask_rcnn_unetpp_neck_conv_head", "mask_rcnn_baseline"), "MODEL.BACKBONE.NAME")])
+def test_ablation_cells_differ_from_their_neighbours_in_one_component(pair, component):
+    """The 2x2 {FPN, UNet++ neck} x {conv, UNet++ head} cells of the CPU study: each new
+    cell differs from each main model in exactly the one component it swaps."""
+    cell, other = (flatten_config(load_config(str(ROOT / "configs" / "cpu_study" / f"{n}.yaml")))
+                   for n in pair)
+    assert {k for k in cell if cell[k] != other[k]} == {component, "OUTPUT_DIR"}
+
+
 def test_default_config_is_scratch_groupnorm_for_crowded_nuclei():
     cfg = load_config(str(ROOT / "configs" / "mask_rcnn_pp.yaml"))
     assert cfg.MODEL.WEIGHTS == "" and cfg.MODEL.BACKBONE.FREEZE_AT == 0

@@ -69,3 +69,19 @@ def test_external_encoder_features_and_validation():
         net(feats[:2], [(0, 1)])
     with pytest.raises(ValueError, match="unknown norm"):
         NestedSkipPathways((8, 8), norm="LayerNormX")
+
+
+def test_node_init_msra_is_he_normal_and_default_keeps_pytorch_init():
+    torch.manual_seed(0)
+    default = NestedSkipPathways([64, 64], in_channels=64, norm="GN")
+    torch.manual_seed(0)
+    msra = NestedSkipPathways([64, 64], in_channels=64, norm="GN", node_init="msra")
+    conv_d = default.nodes["x0_1"][0]
+    conv_m = msra.nodes["x0_1"][0]
+    fan_out = conv_m.weight.shape[0] * 9
+    assert conv_m.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.05)
+    # PyTorch's default (kaiming uniform, a=sqrt(5)): std = 1 / sqrt(3 * fan_in)
+    fan_in = conv_d.weight.shape[1] * 9
+    assert conv_d.weight.std().item() == pytest.approx((1 / (3 * fan_in)) ** 0.5, rel=0.05)
+    with pytest.raises(ValueError, match="unknown node initialization 'xavier'"):
+        NestedSkipPathways([8, 8], in_channels=1, node_init="xavier")

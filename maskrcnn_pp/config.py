@@ -5,7 +5,8 @@ The three users of the nested core (the neck ``MODEL.UNETPP``, the mask head
 ``WIDTHS`` (node channels per level, finest first), ``NODE_CONVS`` (3x3 convolutions per
 node), ``NODE_INIT`` (their initialization), ``UPSAMPLE`` and ``NORM``; the two
 deep-supervised ones add ``DEEP_SUPERVISION_WEIGHTS`` and ``INFERENCE_LEVEL`` (0: accurate,
-j: UNet++ L_j). The names used before still load for one release, with a ``FutureWarning`` naming the new key.
+j: UNet++ L_j). The names used before still load for one release, with a
+``FutureWarning`` naming the new key.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: setup test test-fast demo lint clean gpu-check
+.PHONY: setup test test-fast demo lint clean gpu-check gpu-study
 
 setup: $(VENV)/.installed
 
@@ -50,6 +50,16 @@ gpu-check:
 	@$(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu-check: torch ' + torch.__version__ + ' sees no CUDA device (a CPU-only build? see TORCH_SPEC)')"
 	timeout 300 $(PY) -m pytest -m cuda tests/tools/test_cuda.py -q -rs -p no:cacheprovider
 	timeout 150 $(PY) tools/benchmark.py --group throughput --device cuda --repeats 10 --doc docs/benchmarks.md
+
+# On one GPU, within about 8 minutes: items 4 and 7 of the claim (Mask R-CNN++ vs Mask R-CNN,
+# UNet++ vs U-Net vs wide U-Net) at full width with AMP (configs/studies/*_gpu.yaml), written
+# into the gpu-study section of docs/results.md. `make gpu-study ARGS=--dry-run` runs the
+# same code path on the CPU in a minute or two (its section says it is a dry run).
+MASKRCNN_PP_DATA ?= $(abspath ../shared/data)
+gpu-study:
+	@echo "$(ARGS)" | grep -q -- --dry-run || nvidia-smi -L >/dev/null 2>&1 || { echo "gpu-study: no NVIDIA GPU here (nvidia-smi -L failed); run it on a machine with one, or with ARGS=--dry-run" >&2; exit 2; }
+	@$(MAKE) --no-print-directory setup
+	MASKRCNN_PP_DATA=$(MASKRCNN_PP_DATA) timeout 540 $(PY) tools/gpu_study.py $(if $(findstring --dry-run,$(ARGS)),,--doc docs/results.md) $(ARGS)
 
 clean:
 	rm -rf $(VENV) output build *.egg-info .pytest_cache .ruff_cache

@@ -39,7 +39,7 @@ setup(
             ("visualize", "visualize"), ("export", "export_model"), ("benchmark", "benchmark"),
             ("demo", "demo"), ("prune-report", "prune_report"),
             ("compare-runs", "compare_runs"), ("convert-weights", "convert_weights"),
-            ("study", "study"))]},
+            ("study", "study"), ("gpu-study", "gpu_study"))]},
     extras_require={"dev": ["pytest>=7.0", "ruff>=0.4"],
                     # ONNX export of the networks and ONNX Runtime prediction
                     "export": ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1"],

@@ -1,25 +1,17 @@
 #!/usr/bin/env python
 """Convert DSB2018 ``stage1_train`` (folder, .zip or .tar.gz) to COCO JSON for Detectron2.
 
-    python datasets/prepare_dsb2018.py stage1_train.zip datasets/dsb2018
+    python datasets/prepare_dsb2018.py stage1_train.zip datasets/dsb2018 --val-fraction 0.1 --seed 0
 
-Bad files are skipped, named on stderr and in OUT/report.json; ``--strict`` makes any of
-them an error (exit code 2). See ``maskrcnn_pp.data.dsb2018.convert_dsb2018``.
+Writes ``OUT/images``, ``OUT/annotations/instances_{train,val}.json`` and ``OUT/report.json``
+(registered as ``dsb2018_train`` / ``_val`` in the default OUT, as ``<OUT>_train`` / ``_val``
+elsewhere under ``$DETECTRON2_DATASETS``). ``--help`` lists the flags every preparer shares;
+see ``maskrcnn_pp.data.prepare.dsb2018``.
 """
-from __future__ import annotations
+from maskrcnn_pp.cli.prepare import preparer_main
+from maskrcnn_pp.data.prepare.dsb2018 import Dsb2018Preparer
 
-from maskrcnn_pp.cli.prepare import run_converter_cli
-from maskrcnn_pp.data.dsb2018 import convert_dsb2018
-from maskrcnn_pp.utils.errors import exit_on_user_error
-
-
-@exit_on_user_error
-def main(argv: list[str] | None = None) -> None:
-    run_converter_cli(convert_dsb2018, __doc__.splitlines()[0],
-                      src_help="stage1_train folder, or a .zip / .tar.gz / .tar of one",
-                      strict_help="exit with code 2 if any file is skipped or any mask is empty",
-                      argv=argv)
-
+main = preparer_main(Dsb2018Preparer)
 
 if __name__ == "__main__":
     main()

@@ -130,11 +130,23 @@ def _add_runtime_config(cfg: CN) -> None:
     # with a warning that keeps count.
     if "SKIP_BAD_IMAGES" not in cfg.DATALOADER:
         cfg.DATALOADER.SKIP_BAD_IMAGES = False
+    # The training fast paths of issue #20, which compute the same (to float tolerance):
+    # masks outside a training crop are not decoded, proposals index their ground-truth
+    # masks instead of copying them, and on the CPU ROIAlign runs as sparse matrix products.
+    # False restores Detectron2's own paths.
+    if "FAST_PATHS" not in cfg.MODEL:
+        cfg.MODEL.FAST_PATHS = True
 
 
 def _add_input_config(cfg: CN) -> None:
     """cfg.INPUT.INTENSITY: how 16-bit / float pixels become 0..255 (``data/image_io.py``),
-    the same in training, evaluation and prediction."""
+    the same in training, evaluation and prediction; cfg.INPUT.PIXEL_SIZE_UM: the pixel
+    size the model was trained at."""
+    if "PIXEL_SIZE_UM" not in cfg.INPUT:
+        # Micrometres per pixel of the training images. Whole-slide prediction reads the
+        # pyramid level closest to it and resamples, so nuclei reach the network at the
+        # trained size; None (unset) uses a slide's level-0 pixels as they are.
+        cfg.INPUT.PIXEL_SIZE_UM = None
     if "INTENSITY" in cfg.INPUT:
         return
     intensity = cfg.INPUT.INTENSITY = CN()
@@ -154,6 +166,12 @@ def check_input_config(cfg: CN, source: str) -> None:
         raise UserError(f"{source}: MODEL.ALLOW_UNSAFE_PICKLE cannot be set by a config file or "
                         "override; pass --allow-unsafe-pickle on the command line (or "
                         "allow_unsafe_pickle=True in Python) if you trust the weights file")
+    pixel_size = cfg.INPUT.get("PIXEL_SIZE_UM")
+    if pixel_size is not None and not (isinstance(pixel_size, (int, float))
+                                       and not isinstance(pixel_size, bool)
+                                       and 0 < pixel_size < float("inf")):
+        raise UserError(f"{source}: INPUT.PIXEL_SIZE_UM must be a positive number of "
+                        f"micrometres per pixel (or None), got {pixel_size!r}")
     channels = _FORMAT_CHANNELS.get(cfg.INPUT.FORMAT)
     if channels is None:
         return

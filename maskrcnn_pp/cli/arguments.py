@@ -24,7 +24,8 @@ def add_unsafe_pickle_argument(parser) -> None:
 def add_tiling_arguments(parser) -> None:
     """``--tile-size`` and ``--tile-overlap`` of :func:`maskrcnn_pp.inference.load_predictor`."""
     parser.add_argument("--tile-size", type=int, metavar="N",
-                        help="side of the square tiles / windows; default INPUT.MIN_SIZE_TEST "
+                        help="side of the square tiles / windows in image pixels (the "
+                             "network sees them at its training scale); default 512-1024 "
                              "(instances), the whole image (semantic 2D) or the training "
                              "patch (3D)")
     parser.add_argument("--tile-overlap", type=int, metavar="N",

@@ -6,6 +6,7 @@
     tools/benchmark.py --device cuda ...                         # on a GPU
     tools/benchmark.py --group scale --output docs/bench         # post-processing at scale
     tools/benchmark.py --group throughput --doc docs/benchmarks.md   # images/s, AMP on CUDA
+    tools/benchmark.py --group train_step --output docs/bench    # CPU study step, fast paths
 
 Writes ``<group>_<device>.md`` and ``.json`` under --output; prints the table.
 """
@@ -21,15 +22,21 @@ from pathlib import Path
 import torch
 
 from maskrcnn_pp.model_zoo import get_config_file
-from maskrcnn_pp.studies import benchmark, throughput
+from maskrcnn_pp.studies import benchmark, throughput, training_speed
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
-from maskrcnn_pp.utils.io import atomic_write_json, atomic_write_text, check_output_dir
+from maskrcnn_pp.utils.io import (
+    atomic_write_json,
+    atomic_write_text,
+    check_output_dir,
+    replace_between_markers,
+)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--group", required=True,
-                   choices=("mask_rcnn", "semantic", "scale", "export", "throughput"))
+                   choices=("mask_rcnn", "semantic", "scale", "export", "throughput",
+                            "train_step"))
     p.add_argument("--cases", default="2048:4096,4096:16384,8192:65536",
                    help="scale: SIZE:NUCLEI,... (square nuclei counts)")
     p.add_argument("--tile-size", type=int, default=1024, help="scale: tile side")
@@ -44,6 +51,14 @@ def parse_args(argv=None):
                    default=get_config_file("semantic/nuclei_unetpp.yaml"),
                    help="the UNet++ of --group export")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    p.add_argument("--train-configs", nargs="+",
+                   default=[get_config_file("cpu_study/mask_rcnn_pp.yaml"),
+                            get_config_file("cpu_study/mask_rcnn_baseline.yaml")],
+                   help="train_step: the configs whose real training step is timed")
+    p.add_argument("--threads", type=int, default=1,
+                   help="train_step: threads of the step timing (a study job's)")
+    p.add_argument("--no-profile", action="store_true",
+                   help="train_step: skip the per-operator profiles")
     p.add_argument("--output", type=Path, default=Path("docs/bench"))
     p.add_argument("--doc", type=Path, help="throughput: also write the table into this "
                    "Markdown file, between the gpu-check markers")
@@ -86,6 +101,8 @@ def main(argv=None) -> int:
         return _scale(args)
     if args.group == "throughput":
         return _throughput(args)
+    if args.group == "train_step":
+        return _train_step(args)
     if args.group == "mask_rcnn":
         cands = benchmark.mask_rcnn_group(args.pp_config, args.baseline_config,
                                           size=args.size or 256, batch=args.batch or 2,
@@ -133,6 +150,43 @@ def _scale(args) -> int:
                                                   "rows": rows}, indent=2)
     print(header)
     print(table)
+def _train_step(args) -> int:
+    """The real training step with Detectron2's paths vs the fast paths (interleaved), the
+    machine's training throughput under the old and new study settings, and profiles."""
+    if args.device != "cpu":
+        raise UserError("--group train_step measures the CPU training step: use --device cpu")
+    rounds = max(args.repeats, 2)
+    steps = [training_speed.step_times(config, rounds=rounds, steps=5, threads=args.threads,
+                                       progress=_progress)
+             for config in args.train_configs]
+    cores = os.cpu_count() or 1
+    settings = [(1, cores, False), (1, 1, False), (1, 1, True), (cores, 1, True)]
+    throughput_rows = []
+    for jobs, threads, fast in settings:
+        _progress(f"throughput: {jobs} job(s) x {threads} thread(s), fast paths {fast}")
+        throughput_rows.append(training_speed.machine_throughput(
+            args.train_configs[0], jobs, threads, fast, steps=4 * rounds))
+    profiles = [] if args.no_profile else [
+        training_speed.profile_steps(config, fast)
+        for config in args.train_configs for fast in (False, True)]
+    command = "tools/benchmark.py " + " ".join(sys.argv[1:])
+    text = "\n\n".join([
+        f"Machine: {machine_description('cpu')}, {cores} cores; torch {torch.__version__}; "
+        f"command: `{command}`",
+        "Training step (median s/step, interleaved rounds; losses of the same steps compared):",
+        training_speed.step_table(steps),
+        "Training iterations per second of the whole machine (fresh processes):",
+        training_speed.throughput_table(throughput_rows),
+        *[training_speed.profile_table(p) for p in profiles]])
+    stem = args.output / "train_step_cpu"
+    atomic_write_text(stem.with_suffix(".md"), text + "\n")
+    atomic_write_json(stem.with_suffix(".json"), {"command": command, "steps": steps,
+                                                  "throughput": throughput_rows,
+                                                  "profiles": profiles}, indent=2)
+    print(text)
+    return 0
+
+
 def _throughput(args) -> int:
     """Train (AMP on CUDA) and inference images/s, 512 px and batch 8 unless given."""
     rows = throughput.measure_throughput(
@@ -149,7 +203,7 @@ def _throughput(args) -> int:
     atomic_write_json(stem.with_suffix(".json"), {"machine": machine_description(args.device),
                                                   "command": command, "rows": rows}, indent=2)
     if args.doc:
-        throughput.replace_between_markers(args.doc, text)
+        replace_between_markers(args.doc, text, throughput.MARKERS)
     print(text)
     return 0
 

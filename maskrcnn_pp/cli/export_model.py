@@ -7,8 +7,10 @@
 
 Writes ``model.ts`` / ``model.onnx`` (semantic networks with ``--levels``: ``model_L<j>``
 per level, 0 the accurate mode) and ``<file>.json`` beside each, which holds the config and
-the input layout. ``maskrcnn_pp.inference.export.load_exported_model`` loads them. Config
-overrides (``KEY VALUE ...``) may follow the options.
+the input layout. ``maskrcnn_pp.inference.export.load_exported_model`` loads them. A folder
+that holds an export of the format is refused unless ``--overwrite`` is given (which also
+removes that export's graphs this one does not rewrite). Config overrides
+(``KEY VALUE ...``) may follow the options.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="semantic UNet++: one graph per inference level (0 = accurate, "
                              "j = the pruned UNet++ L_j); default MODEL.SEMANTIC."
                              "INFERENCE_LEVEL in one model file")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier export of this format in --output")
     add_config_overrides(parser)
     return parser.parse_args(argv)
 
@@ -38,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cfg = load_config(args.config_file, args.opts)
-    for path in export_model(cfg, args.weights, args.format, args.output, args.levels):
+    for path in export_model(cfg, args.weights, args.format, args.output, args.levels,
+                             overwrite=args.overwrite):
         print(f"wrote {path} and {sidecar_path(path).name}")
 
 

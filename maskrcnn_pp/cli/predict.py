@@ -2,7 +2,8 @@
 
     python tools/predict.py --config-file configs/mask_rcnn_pp.yaml \\
         --weights output/mask_rcnn_pp/model_final.pth images/ extra.tif --output out/ \\
-        [--score-thresh 0.5] [--tile-size N] [--tile-overlap N] [--gt GT.json] [KEY VALUE ...]
+        [--score-thresh 0.5] [--tile-size N] [--tile-overlap N] [--gt GT.json] \\
+        [--resume | --overwrite] [KEY VALUE ...]
     python tools/predict.py --config-file configs/semantic/nodule_unetpp.yaml \\
         --weights model_final.pth scans/ --output out/ --probabilities
     python tools/predict.py --exported export/model.ts images/ --output out/
@@ -13,7 +14,11 @@ INPUTs are PNG, JPEG or TIFF files (8/16-bit, float, gray, RGB, RGBA; multi-page
 --page) or NIfTI volumes, or folders searched for them. Label images are TIFF (uint16, or
 uint32 beyond 65,535 instances; --label-format png for PNG) or NIfTI with the input's
 affine. Results are appended per image (results.jsonl), so --resume continues a run
-that stopped. Config overrides (``MODEL.DEVICE cpu``) may follow the inputs. With --gt the
+that stopped (with the same settings and input files, recorded in run.json); an output
+folder holding an earlier run is refused unless --resume or --overwrite is given. Where
+instances overlap, the higher score keeps the pixels, and an instance left with less than
+--min-visible-fraction of its mask is dropped, so the label image and the results list the
+same instances. Config overrides (``MODEL.DEVICE cpu``) may follow the inputs. With --gt the
 results use that COCO file's image ids, so ``tools/eval_nuclei.py --gt GT.json --pred
 out/coco_instances_results.json`` scores them. See ``maskrcnn_pp.inference``.
 """
@@ -35,13 +40,15 @@ from maskrcnn_pp.config import add_maskrcnn_pp_config
 from maskrcnn_pp.data.image_io import IMAGE_EXTENSIONS, NIFTI_SUFFIXES
 from maskrcnn_pp.inference import EXPORTED_SUFFIXES, load_predictor
 from maskrcnn_pp.inference.batch import (
-    LABEL_FORMATS,
-    WriteOptions,
+    check_earlier_outputs,
     find_inputs,
     image_ids_from_coco,
     predict_files,
     split_config_overrides,
 )
+from maskrcnn_pp.inference.instance import MIN_VISIBLE_FRACTION
+from maskrcnn_pp.inference.outputs import LABEL_FORMATS, WriteOptions
+from maskrcnn_pp.inference.predictor import check_unit_interval
 from maskrcnn_pp.utils.errors import UserError, check_finite, exit_on_user_error
 from maskrcnn_pp.utils.io import check_output_dir
 
@@ -58,6 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="image files, NIfTI volumes or folders of them")
     parser.add_argument("--output", required=True, metavar="DIR")
     add_score_threshold_argument(parser, "instances: keep detections scoring at least this")
+    parser.add_argument("--min-visible-fraction", type=float, default=MIN_VISIBLE_FRACTION,
+                        metavar="F",
+                        help="instances: where masks overlap the higher score keeps the "
+                             "pixels; drop an instance left with less than this fraction of "
+                             f"its mask; default {MIN_VISIBLE_FRACTION}")
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="semantic: foreground probability threshold; default 0.5")
     parser.add_argument("--level", type=int, metavar="J",
@@ -75,7 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="semantic: also write the probability maps")
     parser.add_argument("--no-overlays", action="store_true", help="write no overlay PNGs")
     parser.add_argument("--resume", action="store_true",
-                        help="skip the inputs that --output already holds results for")
+                        help="continue the run in --output (same settings and input files), "
+                             "skipping the inputs it holds results for")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the earlier run in --output, removing its outputs")
     parser.add_argument("--gt", metavar="GT.json",
                         help="use this COCO file's image ids (matched by file name)")
     parser.add_argument("--device", help="MODEL.DEVICE, e.g. cpu or cuda")
@@ -87,6 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(format="%(levelname)s: %(message)s")
+    logging.getLogger("maskrcnn_pp.inference").setLevel(logging.INFO)   # the tile counts
     if bool(args.exported) == bool(args.config_file or args.weights):
         raise UserError("give --config-file and --weights, or --exported alone")
     if args.exported and not args.exported.endswith(EXPORTED_SUFFIXES):
@@ -94,8 +110,9 @@ def main(argv: list[str] | None = None) -> None:
                         f"{' or '.join(EXPORTED_SUFFIXES)} file")
     if args.config_file and not args.weights:
         raise UserError("--weights is required with --config-file")
-    check_finite(args.score_thresh, "--score-thresh")
-    check_finite(args.threshold, "--threshold")
+    for value, flag in ((args.score_thresh, "--score-thresh"), (args.threshold, "--threshold"),
+                        (args.min_visible_fraction, "--min-visible-fraction")):
+        check_unit_interval(check_finite(value, flag), flag)
     inputs, opts = split_config_overrides(args.inputs, add_maskrcnn_pp_config(get_cfg()))
     if not inputs:  # INPUT is optional for argparse, so this is the one message for it
         raise UserError("no INPUT file or folder given (before any config overrides)")
@@ -106,17 +123,19 @@ def main(argv: list[str] | None = None) -> None:
                            channel=args.channel)
     images = find_inputs(inputs, (*IMAGE_EXTENSIONS, *NIFTI_SUFFIXES))
     check_output_dir(args.output, "--output")
+    check_earlier_outputs(args.output, args.resume, args.overwrite)
     image_ids = image_ids_from_coco(args.gt, images) if args.gt else None
     predictor = load_predictor(
         args.exported or args.config_file, args.weights, opts=opts, device=args.device,
         level=args.level, score_thresh=args.score_thresh, threshold=args.threshold,
         tile_size=args.tile_size, tile_overlap=args.tile_overlap,
+        min_visible_fraction=args.min_visible_fraction,
         allow_unsafe_pickle=args.allow_unsafe_pickle, progress=True)
     datasets = [*predictor.cfg.DATASETS.TEST, *predictor.cfg.DATASETS.TRAIN]
     metadata = (MetadataCatalog.get(datasets[0])
                 if datasets and datasets[0] in MetadataCatalog.list() else None)
     run = predict_files(predictor, images, args.output, metadata, image_ids, options,
-                        resume=args.resume)
+                        resume=args.resume, overwrite=args.overwrite)
     what = f"{run.num_instances} instances" if predictor.kind == "instance" else "label maps"
     resumed = f", {run.resumed} already done" if run.resumed else ""
     skipped = f", {len(run.skipped)} skipped" if run.skipped else ""

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     dataset = args.dataset or cfg.DATASETS.TEST[0]
     check_output_dir(args.output, "--output")
     paths = prune_report(cfg, dataset, args.output,
-                         allow_unsafe_pickle=args.allow_unsafe_pickle)
+                         allow_unsafe_pickle=args.allow_unsafe_pickle, weights_key="--weights")
     print(paths["md"].read_text(), end="")
     print(f"written: {', '.join(str(p) for p in paths.values())}")
 

@@ -33,8 +33,7 @@ from maskrcnn_pp.cli.arguments import (
     add_unsafe_pickle_argument,
 )
 from maskrcnn_pp.engine import is_semantic, load_config
-from maskrcnn_pp.engine.checkpoint import load_inference_weights
-from maskrcnn_pp.engine.trainer import Trainer
+from maskrcnn_pp.engine.checkpoint import load_trained_model
 from maskrcnn_pp.evaluation.visualization import render_results_file
 from maskrcnn_pp.inference import load_predictor
 from maskrcnn_pp.studies.pictures import render_dataset_predictions, render_semantic_predictions
@@ -102,9 +101,9 @@ def _render_instances(cfg, args):
 
 
 def _render_semantic(cfg, args):
-    model = Trainer.build_model(cfg)
-    load_inference_weights(model, args.weights, allow_unsafe_pickle=args.allow_unsafe_pickle)
-    return render_semantic_predictions(model.eval(), cfg, args.dataset, args.output,
+    model = load_trained_model(cfg, args.weights, allow_unsafe_pickle=args.allow_unsafe_pickle,
+                               weights_key="--weights")
+    return render_semantic_predictions(model, cfg, args.dataset, args.output,
                                        max_images=args.max_images)
 
 

@@ -59,19 +59,19 @@ class SemanticDatasetInfo:
 SEMANTIC_DATASETS: dict[str, SemanticDatasetInfo] = {
     "nuclei_patches": SemanticDatasetInfo(
         "nuclei_patches", ("background", "nucleus"),
-        "python datasets/prepare_nuclei_patches.py --source <stage1_train folder or .tar.gz>"),
+        "python datasets/prepare_nuclei_patches.py <stage1_train folder or .tar.gz>"),
     "polyp_kvasir": SemanticDatasetInfo(
         "polyp_kvasir", ("background", "polyp"),
-        "python datasets/prepare_polyp.py --name kvasir --source <Kvasir-SEG folder>"),
+        "python datasets/prepare_polyp.py --name kvasir <Kvasir-SEG folder>"),
     "polyp_clinicdb": SemanticDatasetInfo(
         "polyp_clinicdb", ("background", "polyp"),
-        "python datasets/prepare_polyp.py --name clinicdb --source <CVC-ClinicDB folder>"),
+        "python datasets/prepare_polyp.py --name clinicdb <CVC-ClinicDB folder>"),
     "liver": SemanticDatasetInfo(
         "liver", ("background", "liver"),
-        "python datasets/prepare_liver.py --source <folder of LiTS volume-N/segmentation-N>"),
+        "python datasets/prepare_liver.py <folder of LiTS volume-N/segmentation-N>"),
     "nodule": SemanticDatasetInfo(
         "nodule", ("background", "nodule"),
-        "python datasets/prepare_nodule.py --source <folder with images/ and labels/>"),
+        "python datasets/prepare_nodule.py <folder with images/ and labels/>"),
 }
 
 
@@ -105,7 +105,7 @@ def _lazy_loader(dataset_name: str, info: SemanticDatasetInfo, split: str) -> Ca
         if not split_dir.is_dir():
             raise DatasetNotPreparedError(
                 f"data set {dataset_name!r} is not prepared: {split_dir} does not exist; run "
-                f"`{info.prepare_command} --output {datasets_root()}`")
+                f"`{info.prepare_command} {datasets_root() / info.folder}`")
         return load_semantic_split(split_dir)
 
     return load

@@ -13,7 +13,6 @@ their values exactly; NIfTI volumes (:func:`read_nifti`) come in RAS+ orientatio
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -31,7 +30,7 @@ __all__ = [
     "IMAGE_EXTENSIONS", "TIFF_EXTENSIONS", "NIFTI_SUFFIXES", "UnreadableImageError",
     "Intensity", "decode_image_file", "normalize_intensity", "to_format", "read_image",
     "read_image_rgb", "read_label", "is_nifti", "nifti_stem", "read_nifti", "nifti_affine",
-    "array_to_rgb8",
+    "array_to_rgb8", "open_tiff",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -107,7 +106,7 @@ def normalize_intensity(pixels: np.ndarray, intensity: Intensity | None = None) 
     return np.rint(scaled).astype(np.uint8)
 
 
-def _tiff_stack(path: PathLike, data: np.ndarray) -> tuple[np.ndarray, str]:
+def _tiff_stack(path: PathLike) -> tuple[np.ndarray, str]:
     """All images of a TIFF as (N, H, W[, S]) and the file's axes.
 
     tifffile keeps the axes and, through ``imagecodecs``, decodes every common compression
@@ -118,7 +117,7 @@ def _tiff_stack(path: PathLike, data: np.ndarray) -> tuple[np.ndarray, str]:
             series = tif.series[0]
             axes, pixels = series.axes, series.asarray()
     except (tifffile.TiffFileError, ValueError, KeyError, IndexError, OSError) as err:
-        ok, pages = cv2.imdecodemulti(data, cv2.IMREAD_UNCHANGED)
+        ok, pages = cv2.imdecodemulti(_file_bytes(path), cv2.IMREAD_UNCHANGED)
         if not ok or not pages:
             raise UnreadableImageError(path, f"cannot be decoded as a TIFF ({err})") from None
         pages = [_bgr_to_rgb(page) for page in pages]
@@ -132,9 +131,9 @@ def _tiff_stack(path: PathLike, data: np.ndarray) -> tuple[np.ndarray, str]:
     return stack, axes
 
 
-def _read_tiff(path: PathLike, data: np.ndarray, page: Optional[int]) -> np.ndarray:
+def _read_tiff(path: PathLike, page: Optional[int]) -> np.ndarray:
     """One image (H, W) or (H, W, S) of a TIFF; ``page`` indexes the stack's other axes."""
-    stack, axes = _tiff_stack(path, data)
+    stack, axes = _tiff_stack(path)
     if page is None and len(stack) > 1:
         raise UnreadableImageError(
             path, f"holds {len(stack)} images (axes {axes}, shape {stack.shape}); choose one "
@@ -143,6 +142,16 @@ def _read_tiff(path: PathLike, data: np.ndarray, page: Optional[int]) -> np.ndar
     if not 0 <= page < len(stack):
         raise UnreadableImageError(path, f"has no page {page}: it holds {len(stack)} image(s)")
     return stack[page]
+
+
+def open_tiff(path: PathLike) -> tifffile.TiffFile:
+    """A TIFF opened for lazy reads (whole-slide pyramids, :mod:`.slide`), to be closed by
+    the caller; a file that is not a readable TIFF is an :class:`UnreadableImageError`."""
+    _file_head(path)
+    try:
+        return tifffile.TiffFile(path)
+    except (tifffile.TiffFileError, ValueError, KeyError, IndexError, OSError) as err:
+        raise UnreadableImageError(path, f"cannot be read as a TIFF ({err})") from None
 
 
 def _bgr_to_rgb(pixels: np.ndarray) -> np.ndarray:
@@ -164,19 +173,32 @@ def _file_bytes(path: PathLike) -> np.ndarray:
     return data
 
 
-def _is_tiff(path: PathLike, data: np.ndarray) -> bool:
-    return str(path).lower().endswith(TIFF_EXTENSIONS) or data[:4].tobytes() in (
+def _file_head(path: PathLike) -> bytes:
+    """The first bytes of a file that exists and is not empty. The decoders then read the
+    file themselves, as a stream: a copy of all its bytes would add the file's size to the
+    memory that its pixels take."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4)
+    except OSError as err:
+        raise UnreadableImageError(path, f"cannot be read ({err.strerror or err})") from None
+    if not head:
+        raise UnreadableImageError(path, "file is empty")
+    return head
+
+
+def _is_tiff(path: PathLike, head: bytes) -> bool:
+    return str(path).lower().endswith(TIFF_EXTENSIONS) or head in (
         b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 def decode_image_file(path: PathLike, page: Optional[int] = None) -> np.ndarray:
     """The file's pixels as stored (any depth), colour channels in RGB(A) order."""
-    data = _file_bytes(path)
-    if _is_tiff(path, data):
-        return _read_tiff(path, data, page)
+    if _is_tiff(path, _file_head(path)):
+        return _read_tiff(path, page)
     if page:
         raise UnreadableImageError(path, f"has no page {page}: only TIFF files hold several")
-    pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if pixels is None:
         raise UnreadableImageError(path, NOT_AN_IMAGE)
     return _bgr_to_rgb(pixels)
@@ -189,12 +211,11 @@ def read_label(path: PathLike) -> np.ndarray:
     Palette PNGs give their indices (Pillow reads them; OpenCV would give the colours),
     TIFFs go through ``tifffile``; more than one channel is an :class:`UnreadableImageError`.
     """
-    data = _file_bytes(path)
-    if _is_tiff(path, data):
-        labels = _read_tiff(path, data, None)
+    if _is_tiff(path, _file_head(path)):
+        labels = _read_tiff(path, None)
     else:
         try:
-            with Image.open(io.BytesIO(data.tobytes())) as image:
+            with Image.open(path) as image:
                 labels = np.asarray(image)
         except Image.UnidentifiedImageError:
             raise UnreadableImageError(path, NOT_AN_IMAGE) from None

@@ -1,6 +1,12 @@
 """Detectron2's DatasetMapper reading images and labels through ``data/image_io.py`` (the
 path prediction uses, so 16-bit TIFFs give the network the same pixels); a file that fails
-to decode is named, never hidden."""
+to decode is named, never hidden.
+
+With ``MODEL.FAST_PATHS`` (default) a training item costs what its crop holds: objects whose
+mask lies wholly outside the crop are not decoded (Detectron2 decodes every mask of the
+image at full size, then drops the empty ones), and the masks reach the model as
+:class:`IndexedBitMasks`. The instances are the same, in the same order.
+"""
 from __future__ import annotations
 
 import copy
@@ -12,9 +18,12 @@ from detectron2.config import configurable
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+from detectron2.structures import BitMasks
+from pycocotools import mask as mask_util
 
 from .. import compat
 from .image_io import Intensity, UnreadableImageError, read_image, read_label
+from .indexed_masks import IndexedBitMasks
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +40,11 @@ class CheckedDatasetMapper(DatasetMapper):
 
     @configurable
     def __init__(self, is_train: bool = True, *, skip_bad_images: bool = False,
-                 intensity: Intensity | None = None, **kwargs):
+                 intensity: Intensity | None = None, fast_paths: bool = True, **kwargs):
         super().__init__(is_train, **kwargs)
         self.skip_bad_images = skip_bad_images
         self.intensity = intensity or Intensity()
+        self.fast_paths = fast_paths
         self.skipped = 0
 
     @classmethod
@@ -42,6 +52,7 @@ class CheckedDatasetMapper(DatasetMapper):
         args = super().from_config(cfg, is_train)
         args["skip_bad_images"] = cfg.DATALOADER.SKIP_BAD_IMAGES
         args["intensity"] = Intensity.from_config(cfg)
+        args["fast_paths"] = cfg.MODEL.FAST_PATHS
         return args
 
     def _map(self, dataset_dict: dict) -> dict:
@@ -65,7 +76,18 @@ class CheckedDatasetMapper(DatasetMapper):
         if not self.is_train:
             dataset_dict.pop("annotations", None)
         elif "annotations" in dataset_dict:
+            if self.fast_paths and self.recompute_boxes:
+                annotations = dataset_dict["annotations"]
+                # One hidden object is kept when no object shows, so that the instances
+                # still get their (empty) mask field, as Detectron2's path gives them.
+                dataset_dict["annotations"] = [
+                    a for a in annotations if _may_show(a, transforms, image_shape)
+                ] or annotations[:1]
             compat.transform_annotations(self, dataset_dict, transforms, image_shape)
+            instances = dataset_dict["instances"]
+            if self.fast_paths and instances.has("gt_masks") \
+                    and isinstance(instances.gt_masks, BitMasks):
+                instances.gt_masks = IndexedBitMasks(instances.gt_masks.tensor)
         return dataset_dict
 
     def __call__(self, dataset_dict: dict):
@@ -82,3 +104,21 @@ class CheckedDatasetMapper(DatasetMapper):
             logger.warning("Skipped image %s that cannot be read (%s); %d skipped so far in "
                            "this loader", err.path, err.reason, self.skipped)
             return None
+
+
+def _may_show(annotation: dict, transforms, image_shape) -> bool:
+    """False when an object's mask (compressed RLE) lies wholly outside the transformed
+    image: its box, read from the RLE without decoding it and carried through
+    ``transforms``, does not overlap the image. Such an object becomes an empty mask that
+    Detectron2 drops (boxes are recomputed from the masks). Other objects, and other mask
+    formats, are kept."""
+    segmentation = annotation.get("segmentation")
+    if not (isinstance(segmentation, dict)
+            and isinstance(segmentation.get("counts"), (str, bytes))):
+        return True
+    x, y, w, h = mask_util.toBbox(segmentation)
+    if w <= 0 or h <= 0:
+        return True
+    box = transforms.apply_box(np.array([[x, y, x + w, y + h]], dtype=np.float64))[0]
+    height, width = image_shape
+    return bool(min(box[2], width) > max(box[0], 0) and min(box[3], height) > max(box[1], 0))

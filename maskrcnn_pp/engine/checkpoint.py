@@ -40,18 +40,21 @@ import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
+from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
 from .. import compat
 from ..utils.errors import UserError
 from ..utils.io import atomic_write_stream, atomic_write_text
+from .config import group_norm_widths_named
 
 __all__ = [
     "CorruptCheckpointError",
     "convert_to_detectron2_resnet",
     "is_resnet_state",
     "load_inference_weights",
+    "load_trained_model",
     "load_weights_file",
     "MismatchedCheckpointError",
     "MissingCheckpointError",
@@ -561,3 +564,18 @@ def load_inference_weights(model: torch.nn.Module, path: str, *,
     """
     return SafeCheckpointer(model, allow_unsafe_pickle=allow_unsafe_pickle,
                             require_all_weights=True).load(path, checkpointables=[])
+
+
+def load_trained_model(cfg, weights: str | os.PathLike, *, allow_unsafe_pickle: bool = False,
+                       weights_key: str = "MODEL.WEIGHTS") -> torch.nn.Module:
+    """The one way a trained model is loaded (prediction, export, evaluation, studies, the
+    demo, the pruning report, pictures): ``cfg``'s model, built with GroupNorm widths named,
+    every parameter read from ``weights`` (a missing or partial file is refused, naming
+    ``weights_key`` or what does not fit), in eval mode on ``cfg.MODEL.DEVICE``."""
+    path = os.fspath(weights)
+    if not os.path.isfile(path):
+        raise MissingCheckpointError(f"{weights_key} file {path} does not exist")
+    with group_norm_widths_named(cfg):
+        model = build_model(cfg)
+    load_inference_weights(model, path, allow_unsafe_pickle=allow_unsafe_pickle)
+    return model.eval()

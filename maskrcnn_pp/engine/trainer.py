@@ -21,6 +21,7 @@ from ..data.sampling import build_resumable_train_loader
 from ..data.semantic_mapper import build_semantic_test_loader, build_semantic_train_loader
 from ..evaluation.nuclei import NucleiEvaluator
 from ..evaluation.semantic import SemanticEvaluator
+from ..modeling.roi_align import use_sparse_roi_align
 from ..utils.errors import UserError
 from ..utils.io import cut_json_lines
 from .checkpoint import SafeCheckpointer
@@ -175,9 +176,13 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
-        """Detectron2's, with GroupNorm widths named (:func:`group_norm_widths_named`)."""
+        """Detectron2's, with GroupNorm widths named (:func:`group_norm_widths_named`); on
+        the CPU with ``MODEL.FAST_PATHS``, its ROI poolers use :class:`SparseROIAlign`."""
         with group_norm_widths_named(cfg):
-            return super().build_model(cfg)
+            model = super().build_model(cfg)
+        if cfg.MODEL.FAST_PATHS and cfg.MODEL.DEVICE == "cpu":
+            use_sparse_roi_align(model)
+        return model
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: torch.nn.Module):

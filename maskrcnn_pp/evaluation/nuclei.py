@@ -24,6 +24,7 @@ import io
 import itertools
 import logging
 import os
+import textwrap
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from tabulate import tabulate
 from ..data.coco import compressed_rle, encode_mask
 from ..data.validation import check_coco_ground_truth, check_coco_results, read_json
 from ..utils.io import atomic_write_json
+from .coco_resampling import mean_defined
 
 __all__ = [
     "DSB_THRESHOLDS", "InstanceOverlap", "to_rles", "dsb_precisions", "dsb_map", "aji",
@@ -389,15 +391,9 @@ def coco_ap(evaluation: COCOeval) -> dict[str, float | None]:
     # read directly because COCOeval.summarize() assumes maxDets == 100.
     precision = evaluation.eval["precision"][:, :, :, 0, -1]
     iou_thresholds = evaluation.params.iouThrs
-    return {"AP": _mean_defined(precision),
-            "AP50": _mean_defined(precision[np.isclose(iou_thresholds, 0.5)]),
-            "AP75": _mean_defined(precision[np.isclose(iou_thresholds, 0.75)])}
-
-
-def _mean_defined(precision: np.ndarray) -> float | None:
-    """COCO's mean over the entries it defines (-1 marks a category without true objects)."""
-    defined = precision[precision > -1]
-    return float(defined.mean()) if defined.size else None
+    return {"AP": mean_defined(precision),
+            "AP50": mean_defined(precision[np.isclose(iou_thresholds, 0.5)]),
+            "AP75": mean_defined(precision[np.isclose(iou_thresholds, 0.75)])}
 
 
 def summary_scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -415,9 +411,38 @@ def summary_scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return scalars
 
 
-def format_metrics_table(metrics: dict[str, Any]) -> str:
+# What each number of the table is, for the report of tools/eval_nuclei.py and its --help.
+METRIC_DEFINITIONS = (
+    ("dsb_map", "DSB2018 score: TP / (TP + FP + FN), nuclei and predictions matched one to "
+                "one at IoU > t, averaged over t = 0.50:0.05:0.95 (10 thresholds)"),
+    ("aji", "Aggregated Jaccard Index (Kumar et al. 2017): each true nucleus with its "
+            "best-IoU prediction, summed intersections / summed unions (unmatched nuclei and "
+            "predictions add to the unions)"),
+    ("dice", "Dice of the union of true nuclei and the union of predicted nuclei (pixels)"),
+    ("iou", "IoU (Jaccard) of the same two unions"),
+    ("f1_50", "F1 = 2TP / (2TP + FP + FN), matched one to one at IoU > 0.5"),
+    ("segm_AP", "COCO mask AP (pycocotools): precision averaged over recall and IoU "
+                "0.50:0.05:0.95; segm_AP50, segm_AP75 at IoU 0.50, 0.75"),
+    ("IoU > t", "the DSB precision TP / (TP + FP + FN) at each threshold t"),
+)
+
+
+def metric_notes(score_thresh: float | None = None) -> str:
+    """The definitions of :data:`METRIC_DEFINITIONS`, one line each, and how they are
+    averaged."""
+    detections = ("detections with score >= " + f"{score_thresh:g}" if score_thresh is not None
+                  else "detections above --score-thresh")
+    return "\n".join(textwrap.fill(line, 90, subsequent_indent="    ") for line in (
+        [f"{name}: {text}" for name, text in METRIC_DEFINITIONS]
+        + ["All in percent. dsb_map, aji, dice, iou, f1_50 and the IoU > t row are means over "
+           f"images of each image's score, from the {detections} (an image without true and "
+           "predicted nuclei scores 100); segm_* are COCO's, over all images at once and "
+           "every detection."]))
+
+
+def format_metrics_table(metrics: dict[str, Any], explain: bool = False) -> str:
     """The number of images, then two small tables in percent: the main metrics, and the
-    DSB precision at each IoU threshold."""
+    DSB precision at each IoU threshold; with ``explain``, what each metric is."""
     rows = [(key, f"{100 * metrics[key]:.2f}") for key in MAIN_METRICS]
     rows += [(f"segm_{key}", "n/a" if value is None else f"{100 * value:.2f}")
              for key, value in metrics["coco_segm"].items()]
@@ -428,6 +453,7 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
                  colalign=("left", "right")),
         tabulate([["precision (%)", *(f"{100 * p:.2f}" for p in thresholds.values())]],
                  headers=["IoU >", *thresholds.keys()], tablefmt="pipe", disable_numparse=True),
+        *([metric_notes(metrics.get("score_thresh"))] if explain else []),
     ])
 
 

@@ -1,74 +1,72 @@
 """Predict many files and write what viewers open (``tools/predict.py``).
 
-Under the output folder, per input ``<name>``:
+Any predictor (:class:`~maskrcnn_pp.inference.predictor.Predictor`) takes each input through
+its ``prepare_file`` -> ``run`` -> ``write`` steps; this module only chooses the inputs, the
+ids and the folder. Under the output folder, per input ``<name>``, the predictor writes
+``labels/``, ``probabilities/`` and ``overlays/`` files (:mod:`.outputs`), and here:
 
-* ``labels/<name>.tif``: the label image (instances 1..N, uint16 or uint32; semantic
-  class ids, uint8), via tifffile (napari, Fiji, QuPath); ``.png`` on request (uint16 at
-  most: images with more instances stay TIFF); ``.nii.gz`` for NIfTI volumes, with the
-  input's affine;
-* ``probabilities/<name>.tif`` / ``.nii.gz``: semantic probability maps, on request;
-* ``overlays/<name>.png``: the image with its labels, shrunk to at most 2048 pixels
-  (unless turned off);
-* ``results.jsonl``: one line per finished image (its index entry and its COCO results),
-  appended as each image is done, so a crash loses only the image in progress and
-  ``resume`` skips the images already there. At the end the lines are merged into
-  ``coco_instances_results.json`` (instance models) and ``images.json`` (the COCO
-  ``images`` list and categories that map results' ``image_id`` to files).
+* ``run.json``: the run's settings (the predictor's thresholds and tiling, what is written,
+  the config, the hash of the weights or exported graph), written before the first outputs;
+* ``results.jsonl``: one line per finished image (its index entry, its COCO results, and the
+  identity of its input file: path, size, modification time), appended as each image is
+  done, so a crash loses only the image in progress and ``resume`` skips the images already
+  there. At the end the lines are merged into ``coco_instances_results.json`` (models with
+  COCO results) and ``images.json`` (the COCO ``images`` list and categories that map
+  results' ``image_id`` to files).
+
+A folder that holds an earlier run is refused unless it is resumed (same settings, same
+input files, checked first) or overwritten (its earlier outputs removed first, so none is
+left orphaned).
 """
 from __future__ import annotations
 
-import gzip
-import io
+import hashlib
 import json
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import cv2
-import nibabel as nib
-import numpy as np
-import tifffile
 from detectron2.config import CfgNode
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..data.image_io import (
-    IMAGE_EXTENSIONS,
-    NIFTI_SUFFIXES,
-    TIFF_EXTENSIONS,
-    UnreadableImageError,
-    decode_image_file,
-    is_nifti,
-    nifti_affine,
-    read_nifti,
-)
+from ..config import config_value
+from ..data.image_io import IMAGE_EXTENSIONS, UnreadableImageError, nifti_stem
+from ..data.validation import check_coco_results
 from ..evaluation.nuclei import load_coco_ground_truth
 from ..utils.errors import UserError
 from ..utils.io import (
     PathLike,
-    atomic_write_bytes,
     atomic_write_json,
+    atomic_write_text,
     check_output_dir,
     cut_json_lines,
     fsync_folder,
 )
-from .overlay import draw_label_overlay
+from .instance import COCO_RESULTS_FILE
+from .outputs import OUTPUT_FOLDERS, WriteOptions
+from .predictor import Predictor
 
 __all__ = [
     "InputImage", "find_inputs", "split_config_overrides", "image_ids_from_coco",
-    "WriteOptions", "PredictionRun", "predict_files", "RESULTS_FILE",
-    "IMAGES_INDEX_FILE", "PROGRESS_FILE",
+    "WriteOptions", "PredictionRun", "predict_files", "check_earlier_outputs", "RESULTS_FILE",
+    "IMAGES_INDEX_FILE", "PROGRESS_FILE", "RUN_FILE",
 ]
 
 logger = logging.getLogger(__name__)
 
-RESULTS_FILE = "coco_instances_results.json"
+RESULTS_FILE = COCO_RESULTS_FILE
 IMAGES_INDEX_FILE = "images.json"
 PROGRESS_FILE = "results.jsonl"
-LABEL_FORMATS = ("tif", "png")
+RUN_FILE = "run.json"
+RUN_FILE_VERSION = 1
+# An image needing at least this many network calls gets a line with the count first.
+MANY_STEPS = 100
+# Settings that change no prediction, so a resumed run may differ in them.
+_UNCOMPARED_SETTINGS = ("write.overlays", "config.MODEL.WEIGHTS")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -83,15 +81,16 @@ class InputImage:
     name: str
 
     @property
-    def is_volume(self) -> bool:
-        return is_nifti(self.path)
-
-    @property
     def stem(self) -> str:
         """``name`` without its extension (both parts of ``.nii.gz``)."""
-        lowered = self.name.lower()
-        suffix = next((s for s in NIFTI_SUFFIXES if lowered.endswith(s)), None)
-        return self.name[:-len(suffix)] if suffix else str(Path(self.name).with_suffix(""))
+        return (Path(self.name).parent / nifti_stem(self.name)).as_posix()
+
+    def identity(self) -> dict[str, Any]:
+        """What tells this file from another of the same name: its absolute path, size and
+        modification time."""
+        stat = self.path.stat()
+        return {"path": str(self.path.resolve()), "bytes": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns}
 
 
 def find_inputs(inputs: Sequence[PathLike], extensions: Sequence[str] = IMAGE_EXTENSIONS
@@ -124,22 +123,17 @@ def find_inputs(inputs: Sequence[PathLike], extensions: Sequence[str] = IMAGE_EX
     return found
 
 
+_MISSING = object()
+
+
 def split_config_overrides(tokens: Sequence[str], cfg: CfgNode) -> tuple[list[str], list[str]]:
     """Split ``INPUT... [KEY VALUE...]``: overrides start at the first token that is a key
     of ``cfg`` (like ``MODEL.DEVICE``) and not an existing path."""
     for index, token in enumerate(tokens):
-        if "." in token and not os.path.exists(token) and _is_config_key(cfg, token):
+        if ("." in token and not os.path.exists(token)
+                and config_value(cfg, token, _MISSING) is not _MISSING):
             return list(tokens[:index]), list(tokens[index:])
     return list(tokens), []
-
-
-def _is_config_key(cfg: CfgNode, key: str) -> bool:
-    node: Any = cfg
-    for part in key.split("."):
-        if not isinstance(node, CfgNode) or part not in node:
-            return False
-        node = node[part]
-    return True
 
 
 def image_ids_from_coco(gt_json: PathLike, images: Sequence[InputImage]) -> dict[str, int]:
@@ -161,23 +155,7 @@ def image_ids_from_coco(gt_json: PathLike, images: Sequence[InputImage]) -> dict
     return ids
 
 
-# --------------------------------------------------------------------------- writing
-
-
-@dataclass
-class WriteOptions:
-    """What to write besides the label images and results."""
-
-    label_format: str = "tif"
-    overlays: bool = True
-    probabilities: bool = False
-    page: Optional[int] = None
-    channel: Optional[int] = None
-
-    def __post_init__(self):
-        if self.label_format not in LABEL_FORMATS:
-            raise UserError(f"label format must be one of {', '.join(LABEL_FORMATS)}, got "
-                            f"{self.label_format!r}")
+# --------------------------------------------------------------------------- the run record
 
 
 @dataclass
@@ -191,54 +169,169 @@ class PredictionRun:
     skipped: list[str] = field(default_factory=list)        # "path: problem"
 
 
-def _class_names(metadata: Any, key: str = "thing_classes") -> list[str]:
-    """The data set's class names (one ``nucleus`` class, or background / foreground, when
-    none are recorded)."""
-    names = metadata.get(key, None) if metadata is not None else None
-    return list(names or (["nucleus"] if key == "thing_classes" else ["background",
-                                                                      "foreground"]))
+def _earlier_outputs(output_dir: Path) -> list[Path]:
+    """The files an earlier prediction left in ``output_dir``."""
+    files = [output_dir / name for name in (RUN_FILE, PROGRESS_FILE, RESULTS_FILE,
+                                            IMAGES_INDEX_FILE)]
+    found = [path for path in files if path.exists()]
+    for folder in OUTPUT_FOLDERS:
+        if (output_dir / folder).is_dir():
+            found += sorted(p for p in (output_dir / folder).rglob("*") if p.is_file())
+    return found
 
 
-def _category_ids(metadata: Any) -> list[int]:
-    """Data set category id of each contiguous class (COCO's 1..K when none is recorded)."""
-    count = len(_class_names(metadata))
-    mapping = (metadata.get("thing_dataset_id_to_contiguous_id", None)
-               if metadata is not None else None)
-    if mapping:
-        inverse = {contiguous: dataset_id for dataset_id, contiguous in mapping.items()}
-        return [inverse[k] for k in range(count)]
-    return list(range(1, count + 1))
+def check_earlier_outputs(output_dir: PathLike, resume: bool, overwrite: bool) -> None:
+    """Refuse, before any work, a folder holding an earlier prediction unless it is resumed
+    or overwritten, and asking for both."""
+    if resume and overwrite:
+        raise UserError("--resume continues an earlier run, --overwrite replaces it: give one")
+    output_dir = Path(output_dir)
+    earlier = _earlier_outputs(output_dir) if output_dir.is_dir() else []
+    if earlier and not (resume or overwrite):
+        shown = ", ".join(p.relative_to(output_dir).as_posix() for p in earlier[:3])
+        more = f" and {len(earlier) - 3} more" if len(earlier) > 3 else ""
+        raise UserError(f"{output_dir} holds an earlier prediction ({shown}{more}); --resume "
+                        "continues it, --overwrite replaces it")
 
 
-def _write_png(path: Path, image: np.ndarray) -> None:
-    ok, png = cv2.imencode(".png", image)
-    if not ok:
-        raise OSError(f"could not encode {path} as PNG")
-    atomic_write_bytes(path, png.tobytes())
+def _remove_earlier_outputs(output_dir: Path) -> None:
+    for path in _earlier_outputs(output_dir):
+        path.unlink()
+    for folder in OUTPUT_FOLDERS:
+        if (output_dir / folder).is_dir():
+            for sub in sorted((output_dir / folder).rglob("*"), reverse=True):
+                if sub.is_dir() and not any(sub.iterdir()):
+                    sub.rmdir()
+    fsync_folder(output_dir)
 
 
-def _write_tiff(path: Path, array: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, array, compression="zlib")
-    atomic_write_bytes(path, buffer.getvalue())
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as data:
+        for block in iter(lambda: data.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-@dataclass(frozen=True)
-class _NiftiSpace:
-    """An input volume's affine, and the nibabel orientation transform from the canonical
-    (RAS+) voxel order the network sees (:func:`read_nifti`) back to the input's."""
+def _flat(node: Any, prefix: str) -> dict[str, Any]:
+    """A nested mapping as ``{"a.b.c": value}``."""
+    if not isinstance(node, Mapping):
+        return {prefix: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
 
-    affine: np.ndarray
-    to_input: np.ndarray
+
+def _run_settings(predictor: Predictor, options: WriteOptions,
+                  image_ids: Optional[Mapping[str, int]]) -> dict[str, Any]:
+    """Everything that decides what a run writes, flat and as JSON reads it back."""
+    settings = {**predictor.settings(), **_flat(asdict(options), "write"),
+                "image_ids": "given" if image_ids is not None else "input order"}
+    for what, path in predictor.source.items():
+        settings[f"{what} sha256"] = _file_sha256(path)
+    if predictor.cfg is not None:
+        settings.update(_flat(predictor.cfg, "config"))
+    return json.loads(json.dumps(settings))
 
 
-def _write_nifti(path: Path, array_zyx: np.ndarray, space: _NiftiSpace) -> None:
-    """A (K,) D x H x W array as NIfTI (x, y, z[, K]) in the input's voxel order and affine."""
-    xyz = np.moveaxis(array_zyx, 0, -1).transpose(2, 1, 0, 3) if array_zyx.ndim == 4 \
-        else array_zyx.transpose(2, 1, 0)
-    xyz = nib.orientations.apply_orientation(xyz, space.to_input)
-    image = nib.Nifti1Image(np.ascontiguousarray(xyz), space.affine)
-    atomic_write_bytes(path, gzip.compress(image.to_bytes(), compresslevel=6))
+def _settings_change(recorded: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
+    keys = sorted((recorded.keys() | settings.keys()) - set(_UNCOMPARED_SETTINGS))
+    return [f"{key} {recorded.get(key, '(none)')!s} -> {settings.get(key, '(none)')!s}"
+            for key in keys if recorded.get(key, _MISSING) != settings.get(key, _MISSING)]
+
+
+def _check_resumable(output_dir: Path, settings: Mapping[str, Any]) -> None:
+    """Refuse to resume a run made with other settings, or one without a record of them."""
+    run_file = output_dir / RUN_FILE
+    try:
+        recorded = json.loads(run_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"--resume: {output_dir} has results but no {RUN_FILE} saying how "
+                        "they were made; --overwrite predicts them again") from None
+    except (OSError, ValueError) as err:
+        raise UserError(f"--resume: {run_file} cannot be read ({err}); --overwrite predicts "
+                        "everything again") from None
+    if not (isinstance(recorded, dict) and recorded.get("version") == RUN_FILE_VERSION
+            and isinstance(recorded.get("settings"), dict)):
+        raise UserError(f"--resume: {run_file} is not a run record of this version; "
+                        "--overwrite predicts everything again")
+    changes = _settings_change(recorded["settings"], settings)
+    if changes:
+        more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""
+        raise UserError(f"--resume: {output_dir} was predicted with other settings: "
+                        f"{'; '.join(changes[:3])}{more}; predict into another folder, or "
+                        "--overwrite")
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _record_problem(record: Any, category_ids: Sequence[Any], where: str) -> Optional[str]:
+    """What is wrong with one line of ``results.jsonl``, or None; COCO results are checked
+    as ``tools/eval_nuclei.py`` checks its input."""
+    if not (isinstance(record, dict) and isinstance(record.get("image"), dict)):
+        return "not a prediction record ({'image': ..., 'results': [...], 'source': ...})"
+    image, source = record["image"], record.get("source")
+    if not isinstance(image.get("file_name"), str):
+        return "its image has no file_name"
+    if not all(isinstance(image.get(k), int) and not isinstance(image.get(k), bool)
+               and image[k] > 0 for k in ("height", "width")):
+        return f"image {image['file_name']} has no positive integer height and width"
+    if not (isinstance(source, dict) and isinstance(source.get("path"), str)
+            and all(isinstance(source.get(k), int) for k in ("bytes", "mtime_ns"))):
+        return f"image {image['file_name']} has no source file identity"
+    try:
+        check_coco_results(record.get("results"), {image.get("id"): image}, category_ids,
+                           where)
+    except UserError as err:
+        return str(err)
+    return None
+
+
+def _read_records(progress_file: Path, category_ids: Sequence[Any]) -> dict[str, dict]:
+    """The valid records of ``results.jsonl`` by file name. A line cut short by a kill ends
+    the file there; a line that is not a valid record is dropped from the file, with a
+    warning naming it, so its image (if it names one) is predicted again."""
+    done: dict[str, dict] = {}
+    lines, dropped = [], 0
+    for number, record in enumerate(cut_json_lines(progress_file), start=1):
+        where = f"{progress_file} line {number}"
+        problem = _record_problem(record, category_ids, where)
+        if problem:
+            dropped += 1
+            image = record.get("image") if isinstance(record, dict) else None
+            again = (f"; {image['file_name']} is predicted again" if isinstance(image, dict)
+                     and isinstance(image.get("file_name"), str) else "")
+            logger.warning("%s dropped: %s%s", where, problem.removeprefix(f"{where}: "),
+                           again)
+            continue
+        done[record["image"]["file_name"]] = record
+        lines.append(json.dumps(record) + "\n")
+    if dropped:
+        atomic_write_text(progress_file, "".join(lines))
+    return done
+
+
+def _check_same_inputs(done: Mapping[str, dict], images: Sequence[InputImage],
+                       ids: Mapping[str, Any], output_dir: Path) -> None:
+    """Refuse to resume when a finished image's file or id is not this run's."""
+    for item in images:
+        record = done.get(item.name)
+        if record is None:
+            continue
+        was, now = record["source"], item.identity()
+        change = next((f"{what} {was[key]}, now {now[key]}" for key, what in
+                       (("path", "path"), ("bytes", "size in bytes")) if was[key] != now[key]),
+                      "modified since" if was["mtime_ns"] != now["mtime_ns"] else None)
+        if change:
+            raise UserError(f"--resume: input {item.name} is not the file {output_dir} was "
+                            f"predicted from ({change}); predict into another folder, or "
+                            "--overwrite")
+        if record["image"]["id"] != ids[item.name]:
+            raise UserError(f"--resume: input {item.name} had image id "
+                            f"{record['image']['id']}, now {ids[item.name]} (the inputs or "
+                            "--gt changed); predict into another folder, or --overwrite")
 
 
 def _append_line(progress_file: Path, record: dict) -> None:
@@ -248,106 +341,64 @@ def _append_line(progress_file: Path, record: dict) -> None:
         os.fsync(lines.fileno())
 
 
-def _read_input(item: InputImage, predictor, options: WriteOptions
-                ) -> tuple[np.ndarray, Optional[_NiftiSpace], Optional[np.ndarray]]:
-    """(network pixels, the input volume's space or None, 8-bit RGB for the overlay or
-    None)."""
-    if item.is_volume:
-        if predictor.kind != "semantic" or predictor.dims != 3:
-            raise UnreadableImageError(item.path, "a NIfTI volume needs a 3D semantic model")
-        volume, canonical_affine = read_nifti(item.path)
-        affine = nifti_affine(item.path)
-        space = _NiftiSpace(affine, nib.orientations.ornt_transform(
-            nib.io_orientation(canonical_affine), nib.io_orientation(affine)))
-        return predictor.prepare(volume.transpose(2, 1, 0)), space, None
-    if getattr(predictor, "dims", 2) == 3:
-        raise UnreadableImageError(item.path, "a 3D model predicts on NIfTI volumes only")
-    is_tiff = item.path.suffix.lower() in TIFF_EXTENSIONS    # only TIFFs hold pages
-    pixels = decode_image_file(item.path, options.page if is_tiff else None)
-    try:
-        prepared = predictor.prepare(pixels, options.channel)
-    except UserError as err:
-        raise UnreadableImageError(item.path, str(err)) from None
-    if predictor.kind == "instance":
-        return prepared, None, prepared
-    rgb = prepared.transpose(1, 2, 0)
-    rgb = np.repeat(rgb, 3, axis=2) if rgb.shape[2] == 1 else rgb
-    return prepared, None, rgb[..., ::-1] if predictor.image_format == "BGR" else rgb
-
-
-def _write_outputs(item: InputImage, result, space: Optional[_NiftiSpace], overlay_rgb,
-                   output_dir: Path, options: WriteOptions) -> None:
-    labels = result.label_image
-    if space is not None:
-        _write_nifti(output_dir / "labels" / f"{item.stem}.nii.gz", labels, space)
-        if options.probabilities:
-            _write_nifti(output_dir / "probabilities" / f"{item.stem}.nii.gz",
-                         result.probabilities, space)
-        return
-    if options.label_format == "png" and labels.dtype != np.uint32:
-        _write_png(output_dir / "labels" / f"{item.stem}.png", labels)
-    else:
-        if options.label_format == "png":
-            logger.warning("%s: %d instances do not fit a 16-bit PNG; wrote a TIFF",
-                           item.path, labels.max())
-        _write_tiff(output_dir / "labels" / f"{item.stem}.tif", labels)
-    if options.probabilities and hasattr(result, "probabilities"):
-        _write_tiff(output_dir / "probabilities" / f"{item.stem}.tif", result.probabilities)
-    if options.overlays:
-        overlay = draw_label_overlay(overlay_rgb, labels)
-        _write_png(output_dir / "overlays" / f"{item.stem}.png", overlay[:, :, ::-1])
-
-
-def _iterate(images: Sequence[InputImage], progress: bool) -> Iterator[tuple[int, InputImage]]:
+def _iterate(images: Sequence[InputImage], progress: bool) -> Iterator[InputImage]:
     with logging_redirect_tqdm():
-        yield from enumerate(tqdm(images, desc="predict", unit="image", disable=not progress),
-                             start=1)
+        yield from tqdm(images, desc="predict", unit="image", disable=not progress)
 
 
-def predict_files(predictor, images: Sequence[InputImage], output_dir: PathLike,
+def predict_files(predictor: Predictor, images: Sequence[InputImage], output_dir: PathLike,
                   metadata: Any = None, image_ids: Optional[Mapping[str, int]] = None,
                   options: Optional[WriteOptions] = None, resume: bool = False,
-                  progress: bool = True) -> PredictionRun:
+                  overwrite: bool = False, progress: bool = True) -> PredictionRun:
     """Predict every file and write the outputs of the module docstring.
 
-    Ids are ``image_ids[name]`` or 1, 2, ... in input order. Unreadable, empty or
-    wrong-format files are skipped with a warning naming them; if none succeeds,
-    :class:`UserError` is raised and the merged JSON files are not written.
+    Ids are ``image_ids[name]`` or 1, 2, ... in input order. A folder holding an earlier run
+    is refused unless ``resume`` (same settings and input files, else refused naming what
+    changed) or ``overwrite`` (its earlier outputs are removed first). Unreadable, empty,
+    wrong-format or degenerate files (no finite pixel, no contrast) are skipped with a
+    warning naming them; if none succeeds, :class:`UserError` is raised and the merged JSON
+    files are not written.
     """
     options = options or WriteOptions()
     output_dir = check_output_dir(output_dir, "output folder")
+    check_earlier_outputs(output_dir, resume, overwrite)
     progress_file = output_dir / PROGRESS_FILE
-    if not resume:
-        progress_file.unlink(missing_ok=True)
-    done = {record["image"]["file_name"]: record for record in cut_json_lines(progress_file)}
+    categories = predictor.categories(metadata)
+    ids = dict(image_ids) if image_ids is not None else {
+        item.name: number for number, item in enumerate(images, start=1)}
+    settings = _run_settings(predictor, options, image_ids)
+    done: dict[str, dict] = {}
+    if resume and progress_file.exists():
+        _check_resumable(output_dir, settings)
+        done = _read_records(progress_file, [c["id"] for c in categories])
+        _check_same_inputs(done, images, ids, output_dir)
+    elif overwrite:
+        _remove_earlier_outputs(output_dir)
+    recorded = bool(done)      # run.json is written before this run's first outputs
     run = PredictionRun(output_dir)
-    if predictor.kind == "instance":
-        category_ids, class_names = _category_ids(metadata), _class_names(metadata)
-    else:   # label values are the class ids
-        class_names = _class_names(metadata, "stuff_classes")
-        category_ids = list(range(len(class_names)))
-    for number, item in _iterate(images, progress):
+    for item in _iterate(images, progress):
         if item.name in done:
             run.resumed += 1
             continue
         try:
-            pixels, space, overlay_rgb = _read_input(item, predictor, options)
+            prepared = predictor.prepare_file(item.path, options.page, options.channel)
         except UnreadableImageError as err:
             run.skipped.append(str(err))
             logger.warning("skipped %s", err)
             continue
-        result = (predictor.predict_rgb(pixels) if predictor.kind == "instance"
-                  else predictor.predict_prepared(pixels))
-        _write_outputs(item, result, space, overlay_rgb, output_dir, options)
-        image_id = image_ids[item.name] if image_ids is not None else number
-        entry = {"id": image_id, "file_name": item.name, "path": str(item.path)}
-        entry.update(zip(("depth", "height", "width")[-(pixels.ndim - 1):], pixels.shape[1:])
-                     if predictor.kind == "semantic" else
-                     (("height", result.height), ("width", result.width)))
-        results = (result.coco_results(image_id, category_ids)
-                   if predictor.kind == "instance" else [])
-        _append_line(progress_file, {"image": entry, "results": results})
-        done[item.name] = {"image": entry, "results": results}
+        steps = predictor.steps(prepared)
+        if steps >= MANY_STEPS:
+            logger.info("%s: %d tiles to predict", item.name, steps)
+        result = predictor.run(prepared)
+        if not recorded:
+            atomic_write_json(output_dir / RUN_FILE,
+                              {"version": RUN_FILE_VERSION, "settings": settings}, indent=1)
+            recorded = True
+        size, results = predictor.write(result, prepared, output_dir, item.stem,
+                                        ids[item.name], categories, options)
+        entry = {"id": ids[item.name], "file_name": item.name, "path": str(item.path), **size}
+        done[item.name] = {"image": entry, "results": results, "source": item.identity()}
+        _append_line(progress_file, done[item.name])
     fsync_folder(output_dir)
     finished = [done[item.name] for item in images if item.name in done]
     if not finished:
@@ -355,10 +406,9 @@ def predict_files(predictor, images: Sequence[InputImage], output_dir: PathLike,
                         f"{run.skipped[0] if run.skipped else 'no inputs'}")
     run.images = [record["image"] for record in finished]
     run.num_instances = sum(len(record["results"]) for record in finished)
-    if predictor.kind == "instance":
-        atomic_write_json(output_dir / RESULTS_FILE,
+    if predictor.results_file:
+        atomic_write_json(output_dir / predictor.results_file,
                           [r for record in finished for r in record["results"]])
-    categories = [{"id": i, "name": n} for i, n in zip(category_ids, class_names)]
     atomic_write_json(output_dir / IMAGES_INDEX_FILE,
                       {"images": run.images, "categories": categories}, indent=1)
     return run

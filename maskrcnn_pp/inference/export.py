@@ -39,7 +39,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from detectron2.config import CfgNode, get_cfg
-from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 from torch import nn
@@ -48,12 +47,12 @@ from .. import __version__
 from ..compat import DETECTRON2_VERSION, detectron2_export
 from ..config import add_maskrcnn_pp_config
 from ..data.synthetic import SyntheticNucleiSpec, render_image
-from ..engine.checkpoint import MissingCheckpointError, load_inference_weights
+from ..engine.checkpoint import load_trained_model
 from ..modeling.semantic import NestedSegmentationNet
 from ..modeling.semantic_arch import SemanticUNetPP
 from ..utils.errors import UserError
 from ..utils.io import PathLike, atomic_write_bytes, atomic_write_json, check_output_dir
-from .instance import DetectronModelRunner
+from .instance import DetectronModelRunner, limits_tile_size
 
 __all__ = ["FORMATS", "ONNX_OPSET", "ExportedModel", "export_model", "load_exported_model",
            "sidecar_path"]
@@ -72,20 +71,25 @@ def sidecar_path(graph: Path) -> Path:
     return graph.with_name(graph.name + ".json")
 
 
-def _check_request(fmt: str, weights: str, output_dir: Path) -> None:
-    """Refuse a wrong format, missing weights or an unwritable folder before any work."""
+def _earlier_graphs(fmt: str, output_dir: Path) -> list[Path]:
+    """The graphs of format ``fmt`` an earlier export left in ``output_dir``, and their
+    sidecars (the other format's files may share the folder)."""
+    suffix = FORMATS[fmt]
+    return sorted([*output_dir.glob(f"model*{suffix}"), *output_dir.glob(f"model*{suffix}.json")])
+
+
+def _check_request(fmt: str, weights: str, output_dir: Path, overwrite: bool) -> None:
+    """Refuse a wrong format, no weights, an unwritable folder or one holding an earlier
+    export of the format (unless ``overwrite``) before any work."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     if not weights:
         raise UserError("no weights given: pass the .pth file written by training")
-    if not os.path.isfile(weights):
-        raise MissingCheckpointError(f"weights file {weights} does not exist")
     check_output_dir(output_dir, "output folder")
-
-
-def _load_weights(model: nn.Module, weights: str) -> None:
-    """The one place export loads weights: every parameter from the file, weights-only."""
-    load_inference_weights(model, weights)
+    earlier = _earlier_graphs(fmt, output_dir)
+    if earlier and not overwrite:
+        raise UserError(f"{output_dir} holds an earlier {fmt} export "
+                        f"({', '.join(p.name for p in earlier)}); --overwrite replaces it")
 
 
 class _SemanticGraph(nn.Module):
@@ -145,8 +149,10 @@ class _Recorder:
 
 
 def _detector_example(cfg: CfgNode) -> torch.Tensor:
-    """A synthetic nuclei tile of the test size, pre-processed as the predictor does."""
-    size = int(cfg.INPUT.MIN_SIZE_TEST or cfg.INPUT.MAX_SIZE_TEST)
+    """A synthetic nuclei tile of the size the detector's test-time limits are meant for
+    (what the exported predictor's tiles default to), pre-processed as the predictor
+    does."""
+    size = limits_tile_size(cfg)
     tile, _ = render_image(np.random.default_rng(0), SyntheticNucleiSpec(size=size), False)
     try:
         DetectronModelRunner(_Recorder(), cfg)(tile)
@@ -245,17 +251,19 @@ def _sidecar(cfg: CfgNode, fmt: str, file_name: str, kind: str, level: int | Non
 
 
 def export_model(cfg: CfgNode, weights: str, fmt: str, output_dir: PathLike,
-                 levels: Sequence[int] | None = None) -> list[Path]:
+                 levels: Sequence[int] | None = None, overwrite: bool = False) -> list[Path]:
     """Write ``model.ts`` / ``model.onnx`` (semantic networks with ``levels``:
     ``model_L<j>`` for each, 0 being the accurate mode) and their JSON sidecars under
-    ``output_dir``; returns the graph files.
+    ``output_dir``; returns the graph files. With ``overwrite``, the graphs of an earlier
+    export of this format that this one does not rewrite are removed once it is written.
 
     Raises :class:`UserError` for a wrong format, missing weights, an unwritable folder, a
-    level the network does not have, levels for a detector, or an operator ONNX cannot
-    express.
+    folder holding an export of this format (without ``overwrite``), a level the network
+    does not have, levels for a detector, or an operator ONNX cannot express.
     """
     output_dir = Path(output_dir)
-    _check_request(fmt, weights, output_dir)
+    _check_request(fmt, weights, output_dir, overwrite)
+    earlier = _earlier_graphs(fmt, output_dir)
     semantic = cfg.MODEL.META_ARCHITECTURE == SemanticUNetPP.__name__
     if levels and not semantic:
         raise UserError(f"--levels applies to semantic networks; "
@@ -266,8 +274,7 @@ def export_model(cfg: CfgNode, weights: str, fmt: str, output_dir: PathLike,
     cfg.MODEL.WEIGHTS = weights
     traced_cfg = cfg.clone()
     traced_cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
-    model = build_model(traced_cfg).eval()
-    _load_weights(model, weights)
+    model = load_trained_model(traced_cfg, weights, weights_key="weights")
     if semantic:
         for level in levels or ():
             try:
@@ -295,6 +302,8 @@ def export_model(cfg: CfgNode, weights: str, fmt: str, output_dir: PathLike,
                           _sidecar(cfg, fmt, path.name, "semantic" if semantic else "instance",
                                    level, example, outputs), indent=1)
         written.append(path)
+    for stale in set(earlier) - {p for graph in written for p in (graph, sidecar_path(graph))}:
+        stale.unlink()
     return written
 
 

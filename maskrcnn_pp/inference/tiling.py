@@ -31,7 +31,7 @@ from detectron2.structures import Instances
 from ..utils.errors import UserError
 from ..utils.tiles import tile_starts
 
-__all__ = ["Window", "check_tiling", "tile_windows", "Detection",
+__all__ = ["Window", "check_tiling", "tile_shape", "tile_windows", "Detection",
            "tile_detections", "merge_tiles"]
 
 # Mask pixels may lie this far outside their predicted box (Detectron2 pastes masks by
@@ -51,20 +51,38 @@ class Window:
     right: int
 
 
-def check_tiling(tile_size: int, overlap: int) -> None:
-    """:class:`UserError` unless ``tile_size > 0`` and ``0 <= overlap < tile_size``."""
+def check_tiling(tile_size: int, overlap: int, min_tile_size: int = 1) -> None:
+    """:class:`UserError` unless ``tile_size >= min_tile_size`` (at least 1) and
+    ``0 <= overlap < tile_size``."""
     if tile_size <= 0 or not 0 <= overlap < tile_size:
         raise UserError(f"tile size must be > 0 and tile overlap in [0, tile size), got "
                         f"tile size {tile_size}, overlap {overlap}")
+    if tile_size < min_tile_size:
+        raise UserError(f"tile size {tile_size} is below {min_tile_size}, the smallest tile "
+                        "the network's strides allow (its coarsest feature map needs one "
+                        "whole cell)")
+
+
+def tile_shape(height: int, width: int, tile_size: int) -> tuple[int, int]:
+    """The (rows, columns) of the tiles of an image: ``tile_size`` square, except for a thin
+    image (one side shorter than a tile), whose tiles span its short side and are as much
+    longer along its long side as keeps their area ``tile_size``², so it is cut along its
+    long side only, in as few tiles as a square image of that area."""
+    short = min(height, width)
+    if short >= tile_size:
+        return tile_size, tile_size
+    long_side = max(tile_size, tile_size * tile_size // max(short, 1))
+    return (short, long_side) if height == short else (long_side, short)
 
 
 def tile_windows(height: int, width: int, tile_size: int, overlap: int) -> list[Window]:
-    """Tiles of ``tile_size`` covering the image, neighbours sharing at least ``overlap``
-    pixels; one window (the image) when it is not larger than a tile."""
+    """Tiles covering the image (:func:`tile_shape`), neighbours sharing at least
+    ``overlap`` pixels; one window (the image) when it fits one tile."""
     check_tiling(tile_size, overlap)
-    return [Window(top, left, min(top + tile_size, height), min(left + tile_size, width))
-            for top in tile_starts(height, tile_size, tile_size - overlap)
-            for left in tile_starts(width, tile_size, tile_size - overlap)]
+    rows, cols = tile_shape(height, width, tile_size)
+    return [Window(top, left, min(top + rows, height), min(left + cols, width))
+            for top in tile_starts(height, rows, rows - overlap)
+            for left in tile_starts(width, cols, cols - overlap)]
 
 
 @dataclass

@@ -19,6 +19,7 @@ import torch  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
+from ..engine.checkpoint import load_trained_model  # noqa: E402
 from ..engine.config import load_config  # noqa: E402
 from ..engine.trainer import Trainer  # noqa: E402
 from ..evaluation.visualization import render_results_file  # noqa: E402
@@ -82,8 +83,7 @@ def run_demo(output_dir: Path, retrain: bool = False, num_pictures: int = 6) -> 
         model = trainer.model
     else:
         logger.info("Reusing %s (make demo ARGS=--retrain to train again)", final)
-        model = Trainer.build_model(cfg)
-        Trainer.build_checkpointer(cfg, model).load(str(final))
+        model = load_trained_model(cfg, final)
     trained = _evaluate(cfg, model)
 
     torch.manual_seed(0)

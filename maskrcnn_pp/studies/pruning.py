@@ -9,11 +9,10 @@ from pathlib import Path
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import inference_on_dataset
-from detectron2.modeling import build_model
 from torch import nn
 
 from ..data.semantic_mapper import build_semantic_test_loader
-from ..engine.checkpoint import load_inference_weights
+from ..engine.checkpoint import load_trained_model
 from ..engine.inference_modes import InferenceModes
 from ..evaluation.semantic import SemanticEvaluator, mode_name
 from ..utils.errors import UserError
@@ -22,12 +21,15 @@ from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 __all__ = ["pruning_rows", "write_pruning_report", "prune_report"]
 
 
+PRUNING_NEEDS = ("pruning needs UNet++ with deep supervision (MODEL.SEMANTIC.ARCH 'unetpp', "
+                 "DEEP_SUPERVISION True)")
+
+
 def _prunable(model: nn.Module) -> nn.Module:
     """The semantic network inside ``model``, if it has pruning levels to compare."""
     net_owner = getattr(model, "module", model)
     if len(net_owner.levels) < 2:
-        raise UserError("pruning needs UNet++ with deep supervision "
-                         "(MODEL.SEMANTIC.ARCH 'unetpp', DEEP_SUPERVISION True)")
+        raise UserError(PRUNING_NEEDS)
     return net_owner
 
 
@@ -91,20 +93,22 @@ def write_pruning_report(rows: Sequence[dict], output_dir: Path, title: str) -> 
 
 
 def prune_report(cfg: CfgNode, dataset_name: str, output_dir: Path, *,
-                 allow_unsafe_pickle: bool = False) -> dict[str, Path]:
-    """Build the model of ``cfg``, load all of it from ``cfg.MODEL.WEIGHTS``, measure every
-    pruning level on ``dataset_name`` and write the report (see :func:`write_pruning_report`)."""
+                 allow_unsafe_pickle: bool = False, weights_key: str = "MODEL.WEIGHTS"
+                 ) -> dict[str, Path]:
+    """Load the trained model of ``cfg`` from ``cfg.MODEL.WEIGHTS`` (named ``weights_key`` in
+    errors), measure every pruning level on ``dataset_name`` and write the report (see
+    :func:`write_pruning_report`)."""
     if dataset_name not in DatasetCatalog.list():
         semantic = [n for n in DatasetCatalog.list()
                     if MetadataCatalog.get(n).get("evaluator_type") == "semantic"]
         raise UserError(f"unknown data set {dataset_name!r}; semantic sets: {', '.join(semantic)}")
-    weights = cfg.MODEL.WEIGHTS
-    if not weights or not Path(weights).is_file():
-        raise UserError(f"MODEL.WEIGHTS {weights!r} is not a file: the report needs trained "
-                        "weights")
-    model = build_model(cfg)
-    _prunable(model)  # a config that cannot be pruned is the first thing to say
-    load_inference_weights(model, weights, allow_unsafe_pickle=allow_unsafe_pickle)
+    sem = cfg.MODEL.SEMANTIC   # a config that cannot be pruned is the first thing to say
+    if sem.ARCH.lower() != "unetpp" or not sem.DEEP_SUPERVISION:
+        raise UserError(PRUNING_NEEDS)
+    if not cfg.MODEL.WEIGHTS:
+        raise UserError(f"{weights_key} is empty: the report needs trained weights")
+    model = load_trained_model(cfg, cfg.MODEL.WEIGHTS, allow_unsafe_pickle=allow_unsafe_pickle,
+                               weights_key=weights_key)
     rows = pruning_rows(model, build_semantic_test_loader(cfg, dataset_name), dataset_name)
     title = f"UNet++ pruning on {dataset_name} ({cfg.MODEL.DEVICE})"
     return write_pruning_report(rows, output_dir, title)

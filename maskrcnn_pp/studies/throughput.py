@@ -10,10 +10,8 @@ table into docs/benchmarks.md between :data:`MARKERS`.
 from __future__ import annotations
 
 import itertools
-import re
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from detectron2.modeling import build_model
@@ -23,10 +21,9 @@ from ..engine.config import load_config
 from ..engine.optim import build_optimizer
 from ..engine.trainer import CheckedAMPTrainer, CheckedSimpleTrainer
 from ..utils.errors import UserError
-from ..utils.io import atomic_write_text
 from .benchmark import _nuclei_batch, _sync
 
-__all__ = ["MARKERS", "measure_throughput", "throughput_markdown", "replace_between_markers"]
+__all__ = ["MARKERS", "measure_throughput", "throughput_markdown"]
 
 MARKERS = ("<!-- gpu-check:begin (written by `make gpu-check`) -->", "<!-- gpu-check:end -->")
 
@@ -92,16 +89,3 @@ def throughput_markdown(rows: list[dict]) -> str:
             f"{row['infer_images_per_s']:.1f} | "
             f"{row['infer_images_per_s'] / reference['infer_images_per_s']:.2f}x |")
     return "\n".join(lines)
-
-
-def replace_between_markers(path: Path, text: str) -> None:
-    """Put ``text`` between the :data:`MARKERS` of ``path`` (appended with them if absent)."""
-    path = Path(path)
-    document = path.read_text(encoding="utf-8") if path.is_file() else ""
-    block = f"{MARKERS[0]}\n{text.strip()}\n{MARKERS[1]}"
-    pattern = re.compile(re.escape(MARKERS[0]) + ".*?" + re.escape(MARKERS[1]), re.S)
-    if pattern.search(document):
-        document = pattern.sub(lambda _: block, document)
-    else:
-        document = document.rstrip("\n") + "\n\n" + block + "\n"
-    atomic_write_text(path, document)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Optional, Union
@@ -108,3 +109,18 @@ def check_output_file(path: PathLike, what: str) -> Path:
         raise UserError(f"{what} {path}: is a folder, expected a file name")
     check_output_dir(path.parent, what)
     return path
+
+
+def replace_between_markers(path: PathLike, text: str, markers: tuple[str, str]) -> None:
+    """Put ``text`` between the two ``markers`` lines of the document at ``path`` (appended
+    with them if absent), so that a tool can rewrite its own section of a hand-written
+    document; written atomically."""
+    path = Path(path)
+    document = path.read_text(encoding="utf-8") if path.is_file() else ""
+    block = f"{markers[0]}\n{text.strip()}\n{markers[1]}"
+    pattern = re.compile(re.escape(markers[0]) + ".*?" + re.escape(markers[1]), re.S)
+    if pattern.search(document):
+        document = pattern.sub(lambda _: block, document)
+    else:
+        document = document.rstrip("\n") + "\n\n" + block + "\n"
+    atomic_write_text(path, document)

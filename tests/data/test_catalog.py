@@ -19,5 +19,5 @@ def test_registration_is_lazy_idempotent_and_explains_missing_data(prepared_live
     assert Path(dicts[0]["sem_seg_file_name"]).parent.name == "labels"
     assert Path(dicts[0]["file_name"]).name == Path(dicts[0]["sem_seg_file_name"]).name
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "elsewhere"))
-    with pytest.raises(DatasetNotPreparedError, match="prepare_nodule.py --source"):
+    with pytest.raises(DatasetNotPreparedError, match="prepare_nodule.py <"):
         DatasetCatalog.get("nodule_val")

@@ -16,7 +16,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from pycocotools import mask as mask_util
 
-from maskrcnn_pp.data.catalog import DatasetNotPreparedError
+from maskrcnn_pp.data.catalog import SPLITS, DatasetNotPreparedError
 from maskrcnn_pp.data.coco import register_coco_instances_lazy
 from maskrcnn_pp.data.dsb2018 import convert_dsb2018, register_dsb2018
 from maskrcnn_pp.utils.errors import UserError
@@ -116,7 +116,7 @@ def test_real_masks_round_trip_exactly(real_src, real_out):
             assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1,
                                    ys.max() - ys.min() + 1]
             assert ann["iscrowd"] == 0 and ann["category_id"] == 1
-    assert report.annotations == total
+    assert report.objects == total
     assert _coco(out, "train")["categories"] == [{"id": 1, "name": "nucleus"}]
 
 
@@ -141,10 +141,13 @@ def test_real_report_counts_overlaps(real_src, real_out):
             expected[image_id] = int((coverage > 1).sum())
     assert set(expected) == set(REAL_IDS[:2])
     saved = json.loads((out / "report.json").read_text())
-    assert {o["image"]: o["overlap_pixels"] for o in saved["overlaps"]} == expected
-    assert saved["images_found"] == saved["images_converted"] == len(REAL_IDS)
-    assert saved["problems"] == [] and saved["images_with_overlaps"] == 2
-    assert saved["split_images"] == {"train": 8, "val": 2}
+    assert {w["file"]: (w["kind"], w["reason"]) for w in saved["warnings"]} == {
+        str(real_src / image_id): ("overlapping_masks",
+                                   f"{pixels} pixel(s) lie in more than one mask")
+        for image_id, pixels in expected.items()}
+    assert saved["items_found"] == saved["items_converted"] == len(REAL_IDS)
+    assert saved["problems"] == [] and saved["items_skipped"] == 0
+    assert saved["samples"] == {"train": 8, "val": 2}
 
 
 @pytest.mark.slow
@@ -185,7 +188,7 @@ def test_archives_convert_like_folders(real_src, tmp_path, kind):
             tf.add(folder, arcname="stage1_train")
     convert_dsb2018(folder, tmp_path / "from_folder", progress=False)
     report = convert_dsb2018(archive, tmp_path / "from_archive", progress=False)
-    assert report.images_converted == 3
+    assert report.items_converted == 3
     for split in ("train", "val"):
         assert _coco(tmp_path / "from_archive", split) == _coco(tmp_path / "from_folder", split)
 
@@ -256,9 +259,10 @@ def test_bad_input_is_skipped_and_reported(bad_src, tmp_path):
     assert [len(per_image[n]) for n in ("empty_mask.png", "good_rgba.png", "gray16.png")] == [
         1, 2, 1]
     saved = json.loads((out / "report.json").read_text())
-    assert saved["images_found"] == 7 and saved["images_converted"] == 3
-    assert saved["images_skipped"] == 4
-    assert saved["overlaps"] == [{"image": "good_rgba", "overlap_pixels": 1}]
+    assert saved["items_found"] == 7 and saved["items_converted"] == 3
+    assert saved["items_skipped"] == 4 and saved["objects"] == 4
+    assert saved["warnings"] == [{"file": str(bad_src / "good_rgba"), "kind": "overlapping_masks",
+                                  "reason": "1 pixel(s) lie in more than one mask"}]
     assert saved["problem_counts"]["empty_mask"] == 1
 
     rgb = cv2.imread(str(out / "images" / "good_rgba.png"), cv2.IMREAD_UNCHANGED)
@@ -308,13 +312,15 @@ def test_cli_missing_source_one_line_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "missing.zip"), str(tmp_path / "out")])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err == f"error: source {tmp_path / 'missing.zip'} does not exist\n"
+    assert capsys.readouterr().err == (
+        f"error: source {tmp_path / 'missing.zip'} does not exist (expected a DSB2018 "
+        "stage1_train folder, or a .zip / .tar.gz / .tar of one)\n")
 
 
 @pytest.mark.slow
 def test_strict_passes_on_clean_real_data(real_src, tmp_path):
     report = convert_dsb2018(real_src, tmp_path / "out", strict=True, progress=False)
-    assert report.problems == [] and len(report.overlaps) == 2   # overlaps are not errors
+    assert report.problems == [] and len(report.warnings) == 2   # overlaps are not errors
 
 
 # --------------------------------------------------------------------------- registration
@@ -366,3 +372,83 @@ def test_registration_is_idempotent(restore_dsb2018_registration):
     assert MetadataCatalog.get("dsb2018_test_twice").json_file == "b.json"
     DatasetCatalog.remove("dsb2018_test_twice")
     MetadataCatalog.remove("dsb2018_test_twice")
+
+
+# --------------------------------------------------------------------------- study splits
+
+
+@pytest.mark.slow
+def test_confirmation_split_of_the_real_data(dsb2018_root, tmp_path, capsys, monkeypatch):
+    """Issue #20 item 6: 66 images drawn with seed 1 from the 598 images of dsb2018_train
+    (none of dsb2018_val) validate the confirmation study, the other 598 train; the folder
+    registers itself as dsb2018_split1_train / _val, with the nuclei metrics."""
+    from maskrcnn_pp.data.instances import register_prepared_instances
+    from maskrcnn_pp.engine import load_config
+    from maskrcnn_pp.engine.trainer import Trainer
+    from maskrcnn_pp.evaluation.nuclei import NucleiEvaluator
+    from tests.helpers import run_script_main
+
+    datasets = tmp_path / "datasets"
+    first = convert_dsb2018(dsb2018_root, datasets / "dsb2018", val_fraction=0.1, seed=0,
+                            progress=False)
+    code, captured = run_script_main(
+        PREPARE, capsys, dsb2018_root, datasets / "dsb2018_split1", "--val-fraction", "0.1",
+        "--seed", "1", "--keep-in-train",
+        datasets / "dsb2018" / "annotations" / "instances_val.json")
+    assert code == 0, captured.err[-2000:]
+    assert first.samples == {"train": 598, "val": 66} and first.problems == []
+    second = json.loads((datasets / "dsb2018_split1" / "report.json").read_text())
+    assert second["samples"] == {"train": 598, "val": 66} and second["problems"] == []
+
+    def names(folder: str, split: str) -> set[str]:
+        return {i["file_name"] for i in _coco(datasets / folder, split)["images"]}
+
+    assert not names("dsb2018", "val") & names("dsb2018_split1", "val")
+    assert names("dsb2018_split1", "val") <= names("dsb2018", "train")
+    assert names("dsb2018_split1", "train") == (names("dsb2018", "train")
+                                                 - names("dsb2018_split1", "val")
+                                                 | names("dsb2018", "val"))
+    # the same annotations, only split differently
+    assert (sorted(a["area"] for s in SPLITS for a in _coco(datasets / "dsb2018_split1",
+                                                              s)["annotations"])
+            == sorted(a["area"] for s in SPLITS for a in _coco(datasets / "dsb2018",
+                                                                 s)["annotations"]))
+
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(datasets))
+    register_prepared_instances()
+    try:
+        assert len(DatasetCatalog.get("dsb2018_split1_val")) == 66
+        assert len(DatasetCatalog.get("dsb2018_split1_train")) == 598
+        assert MetadataCatalog.get("dsb2018_split1_val").nuclei is True
+        evaluator = Trainer.build_evaluator(
+            load_config(str(ROOT / "configs" / "quick_schedules" / "mask_rcnn_pp_synthetic.yaml")),
+            "dsb2018_split1_val", str(tmp_path / "eval"))
+        assert any(isinstance(e, NucleiEvaluator) for e in evaluator._evaluators)
+    finally:
+        for split in SPLITS:
+            DatasetCatalog.remove(f"dsb2018_split1_{split}")
+            MetadataCatalog.remove(f"dsb2018_split1_{split}")
+
+
+def test_jpeg_masks_are_read_at_half_range_and_reported_lossy(tmp_path):
+    """``masks/*.jpg`` are read, not ignored; JPEG ringing is not counted as nucleus."""
+    truth = np.zeros((64, 64), np.uint8)
+    cv2.circle(truth, (32, 32), 12, 255, -1)
+    jpeg = cv2.imencode(".jpg", truth, [cv2.IMWRITE_JPEG_QUALITY, 75])[1].tobytes()
+    decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_UNCHANGED)
+    true_area = int((truth > 0).sum())
+    assert (decoded > 0).sum() > 1.2 * true_area  # what "> 0" would have made of it
+    sample = tmp_path / "src" / "s1"
+    (sample / "images").mkdir(parents=True)
+    (sample / "masks").mkdir()
+    image = cv2.imencode(".png", np.full((64, 64, 3), 80, np.uint8))[1].tobytes()
+    (sample / "images" / "s1.png").write_bytes(image)
+    (sample / "masks" / "m0.jpg").write_bytes(jpeg)
+
+    convert_dsb2018(tmp_path / "src", tmp_path / "out", val_fraction=0.0, progress=False)
+    coco = json.loads((tmp_path / "out" / "annotations" / "instances_train.json").read_text())
+    assert [a["area"] for a in coco["annotations"]] == [int((decoded > 127).sum())]
+    assert abs(coco["annotations"][0]["area"] - true_area) < 0.05 * true_area
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    lossy = [w for w in saved["warnings"] if w["kind"] == "lossy_mask"]
+    assert [Path(w["file"]).name for w in lossy] == ["m0.jpg"]

@@ -15,7 +15,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from maskrcnn_pp.data.catalog import SemanticDataError
 from maskrcnn_pp.data.prepare import (
     prepare_liver,
     prepare_nodule,
@@ -38,9 +37,9 @@ def test_liver_slices_windowed_oriented_and_merged(tmp_path):
     write_lits(tmp_path / "lits" / "batch2", 1, hu, seg, suffix=".nii")
     report = prepare_liver(tmp_path / "lits", tmp_path / "out", size=64, val_fraction=0.5)
     # Six slices with liver per scan; one scan per split.
-    assert report["samples"] == {"train": 6, "val": 6} and report["skipped"] == []
+    assert report.samples == {"train": 6, "val": 6} and report.problems == []
     root = tmp_path / "out" / "liver"
-    assert json.loads((root / "report.json").read_text())["sources_used"] == 2
+    assert json.loads((root / "report.json").read_text())["items_converted"] == 2
     names = sorted(p.name for p in (root / "train" / "labels").iterdir())
     assert len(names) == 6 and all(n.endswith(f"_z{z:04d}.png") for n, z in zip(names, range(1, 7)))
     image = read_png(root / "train" / "images" / names[0])
@@ -80,14 +79,14 @@ def test_liver_bad_inputs_are_skipped_and_reported(tmp_path):
     (source / "segmentation-3.nii.gz").write_bytes(b"not a nifti file")  # unreadable
     nib.save(nib.Nifti1Image(hu, np.eye(4)), str(source / "volume-4.nii.gz"))  # no label
     report = prepare_liver(source, tmp_path / "out", size=32, val_fraction=0)
-    reasons = {Path(item["file"]).name: item["reason"] for item in report["skipped"]}
+    reasons = {Path(item.file).name: item.reason for item in report.problems}
     assert set(reasons) == {"volume-1.nii.gz", "segmentation-2.nii.gz", "volume-3.nii.gz",
                             "volume-4.nii.gz"}
     assert "differ in shape" in reasons["volume-1.nii.gz"]
     assert reasons["segmentation-2.nii.gz"] == "no liver voxel"
     assert "segmentation-3.nii.gz: not a readable NIfTI" in reasons["volume-3.nii.gz"]
     assert "no segmentation-4" in reasons["volume-4.nii.gz"]
-    assert report["samples"]["train"] == 6
+    assert report.samples["train"] == 6
     assert read_png(next((tmp_path / "out/liver/train/images").iterdir())).shape == (32, 32)
 
 
@@ -96,7 +95,7 @@ def test_failed_preparation_keeps_the_previous_data_set(tmp_path):
     write_lits(tmp_path / "good", 0, hu, seg)
     write_lits(tmp_path / "bad", 0, hu, np.zeros_like(seg))
     prepare_liver(tmp_path / "good", tmp_path / "out", size=32, val_fraction=0)
-    with pytest.raises(SemanticDataError, match="no usable CT volumes.*no liver voxel"):
+    with pytest.raises(UserError, match="no usable CT volumes.*no liver voxel"):
         prepare_liver(tmp_path / "bad", tmp_path / "out", size=32, val_fraction=0)
     assert len(list((tmp_path / "out/liver/train/images").iterdir())) == 6
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["liver"]
@@ -111,7 +110,7 @@ def test_nodule_crops_windowed_padded_and_checked(tmp_path):
     write_nodule(source, "empty", hu, np.zeros_like(label))
     write_nodule(source, "mismatch", hu, label[:40].copy())
     report = prepare_nodule(source, tmp_path / "out", size=64, val_fraction=0)
-    reasons = {Path(item["file"]).name: item["reason"] for item in report["skipped"]}
+    reasons = {Path(item.file).name: item.reason for item in report.problems}
     assert reasons == {"empty.nii.gz": "empty label: no nodule voxel",
                        "mismatch.nii.gz": "image (48, 48, 48) and label (40, 48, 48) differ "
                                           "in shape"}
@@ -125,7 +124,7 @@ def test_nodule_crops_windowed_padded_and_checked(tmp_path):
     assert set(np.unique(image[8:56, 8:56, 8:56][label == 0])) == {36}
     assert image[:8].max() == 0
     report = prepare_nodule(source, tmp_path / "out", size=64, val_fraction=0, allow_empty=True)
-    assert report["samples"]["train"] == 2
+    assert report.samples["train"] == 2
 
 
 # ---------------------------------------------------------------- real data
@@ -138,7 +137,7 @@ def test_nuclei_patches_reassemble_to_the_union_of_masks(tmp_path, dsb2018_root)
     for folder in folders:
         shutil.copytree(folder, source / folder.name)
     report = prepare_nuclei_patches(source, tmp_path / "out", val_fraction=0.34)
-    assert report["sources_used"] == 3 and report["skipped"] == []
+    assert report.items_converted == 3 and report.problems == []
     out = tmp_path / "out" / "nuclei_patches"
     for folder in folders:
         image = cv2.imread(str(folder / "images" / f"{folder.name}.png"), cv2.IMREAD_COLOR)
@@ -158,7 +157,7 @@ def test_nuclei_patches_reassemble_to_the_union_of_masks(tmp_path, dsb2018_root)
                                                          / patch.name)
         assert np.array_equal(rebuilt, union)
         assert np.array_equal(rebuilt_image, image)
-    assert report["samples"]["val"] > 0 and report["samples"]["train"] > 0
+    assert report.samples["val"] > 0 and report.samples["train"] > 0
 
 
 @pytest.mark.slow
@@ -172,7 +171,7 @@ def test_nuclei_patches_from_an_archive(tmp_path, dsb2018_root):
     height, width = cv2.imread(str(folder / "images" / f"{folder.name}.png")).shape[:2]
     tiles = (len(range(0, height - 128 + 1, 64)) + ((height - 128) % 64 > 0)) * \
             (len(range(0, width - 128 + 1, 64)) + ((width - 128) % 64 > 0))
-    assert report["samples"] == {"train": tiles, "val": 0}
+    assert report.samples == {"train": tiles, "val": 0}
 
 
 def _polyp_subset(root: Path, stems: list[str], dest: Path) -> Path:
@@ -189,8 +188,8 @@ def test_kvasir_resized_and_thresholded(tmp_path, kvasir_root):
     cv2.imwrite(str(source / "masks" / f"{stems[0]}.jpg"),
                 np.zeros((256, 256), np.uint8))  # a frame without polyp
     report = prepare_polyp(source, tmp_path / "out", name="kvasir", val_fraction=0.25)
-    assert [Path(s["file"]).name for s in report["skipped"]] == [f"{stems[0]}.jpg"]
-    assert report["samples"] == {"train": 8, "val": 3}
+    assert [Path(s.file).name for s in report.problems] == [f"{stems[0]}.jpg"]
+    assert report.samples == {"train": 8, "val": 3}
     for label_path in (tmp_path / "out" / "polyp_kvasir").glob("*/labels/*.png"):
         label = read_png(label_path)
         image = read_png(label_path.parent.parent / "images" / label_path.name)
@@ -208,10 +207,11 @@ def test_polyp_from_the_released_archive_names_files_inside_it(tmp_path, kvasir_
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(source, arcname="Kvasir-SEG")
     report = prepare_polyp(archive, tmp_path / "out", name="kvasir", size=32, val_fraction=0)
-    assert report["samples"] == {"train": 3, "val": 0}
-    assert report["skipped"] == [{"file": f"{archive}:Kvasir-SEG/masks/{stems[1]}.jpg",
-                                  "reason": "cannot be decoded as an image (corrupt, truncated "
-                                            "or not one of .png, .jpg, .jpeg, .tif, .tiff, .bmp)"}]
+    assert report.samples == {"train": 3, "val": 0}
+    assert [(p.file, p.reason) for p in report.problems] == [(
+        f"{archive}:Kvasir-SEG/masks/{stems[1]}.jpg",
+        "cannot be decoded as an image (corrupt, truncated or not one of .png, .jpg, .jpeg, "
+        ".tif, .tiff, .bmp)")]
 
 
 def test_polyp_source_layout_errors_are_named(tmp_path):
@@ -232,7 +232,7 @@ def test_clinicdb_split_by_video_sequence(tmp_path, clinicdb_root):
     source = _polyp_subset(clinicdb_root, stems, tmp_path / "CVC-ClinicDB")
     report = prepare_polyp(source, tmp_path / "out", name="clinicdb", size=64,
                            val_fraction=0.34)
-    assert report["sources_used"] == 14
+    assert report.items_converted == 14
     split_of = {p.stem: p.parts[-3]
                 for p in (tmp_path / "out" / "polyp_clinicdb").glob("*/labels/*.png")}
     for sequence in ([20, 21, 22, 23, 24, 25], [26, 27, 28, 29, 30], [60, 61, 62]):
@@ -264,8 +264,8 @@ def test_prepare_cli_nothing_usable_exits_2(tmp_path, capsys):
     (tmp_path / "empty" / "images").mkdir(parents=True)
     (tmp_path / "empty" / "masks").mkdir()
     with pytest.raises(SystemExit) as exit_info:
-        _cli_main("prepare_polyp.py")(["--name", "kvasir", "--source", str(tmp_path / "empty"),
-                                       "--output", str(tmp_path / "out")])
+        _cli_main("prepare_polyp.py")(["--name", "kvasir", str(tmp_path / "empty"),
+                                       str(tmp_path / "out" / "polyp_kvasir")])
     assert exit_info.value.code == 2
     stderr = capsys.readouterr().err
     assert len(stderr.splitlines()) == 1 and "no usable image/mask pairs" in stderr
@@ -275,17 +275,17 @@ def test_prepare_cli_nothing_usable_exits_2(tmp_path, capsys):
 def test_prepare_nodule_cli_writes_report(tmp_path, capsys):
     hu, label = nodule_phantom(size=16, radius=3)
     write_nodule(tmp_path / "crops", "a", hu, label)
-    _cli_main("prepare_nodule.py")(["--source", str(tmp_path / "crops"), "--output",
-                                    str(tmp_path / "out"), "--size", "16",
-                                    "--val-fraction", "0"])
-    assert "nodule: 1 source(s) used, 1 train / 0 val samples" in capsys.readouterr().out
+    _cli_main("prepare_nodule.py")([str(tmp_path / "crops"), str(tmp_path / "out" / "nodule"),
+                                    "--size", "16", "--val-fraction", "0"])
+    assert (f"nodule: 1 of 1 image/label crops converted -> {tmp_path / 'out' / 'nodule'}: "
+            "1 train / 0 val crops; 0 problem(s)") in capsys.readouterr().out
     assert json.loads((tmp_path / "out/nodule/report.json").read_text())["samples"]["train"] == 1
 
 
 def test_user_errors_are_named(tmp_path):
     with pytest.raises(UserError, match="--name must be"):
         prepare_polyp(tmp_path, name="asu-mayo")
-    with pytest.raises(UserError, match="val_fraction must be in"):
+    with pytest.raises(UserError, match=r"--val-fraction must be in \[0, 1\), got 1.0"):
         hu, seg = liver_phantom()
         write_lits(tmp_path / "lits", 0, hu, seg)
         prepare_liver(tmp_path / "lits", tmp_path / "out", val_fraction=1.0)

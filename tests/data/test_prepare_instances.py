@@ -94,7 +94,8 @@ def test_label_images_convert_exactly_and_bad_items_are_named(mixed_src, tmp_pat
     out = tmp_path / "out"
     code, captured = run_script_main(PREPARE, capsys, src, out, "--val-fraction", "0")
     assert code == 0, captured.err
-    assert "4 of 8 images, 16 objects" in captured.out
+    assert f"instances: 4 of 8 images converted, 16 objects -> {out}: 4 train / 0 val images; " \
+           "4 problem(s)" in captured.out
 
     report = json.loads((out / "report.json").read_text())
     problems = {Path(p["file"]).name: p["kind"] for p in report["problems"]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
 import types
 from pathlib import Path
 
@@ -12,7 +13,6 @@ import cv2
 import numpy as np
 import pytest
 
-from maskrcnn_pp.data.conversion import SampleProblem, read_sample_file
 from maskrcnn_pp.data.dsb2018 import convert_dsb2018
 from maskrcnn_pp.data.image_io import (
     UnreadableImageError,
@@ -20,10 +20,12 @@ from maskrcnn_pp.data.image_io import (
     read_label,
     read_nifti,
 )
-from maskrcnn_pp.data.instances import convert_instances
 from maskrcnn_pp.data.mapper import CheckedDatasetMapper
+from maskrcnn_pp.data.prepare.base import SampleProblem, read_sample_file
+from maskrcnn_pp.data.prepare.instances import convert_instances
 from maskrcnn_pp.data.semantic_mapper import SemanticDatasetMapper
 from maskrcnn_pp.inference.batch import InputImage, predict_files
+from maskrcnn_pp.inference.semantic import SemanticPredictor
 from maskrcnn_pp.utils.errors import UserError
 from tests.helpers import ROOT
 
@@ -69,7 +71,7 @@ def test_only_image_io_decodes_image_files():
                for path in sorted(PACKAGE.rglob("*.py")) if path != READER
                for calls in [_decoder_calls(path)] if calls}
     assert not outside, outside
-    assert {"cv2.imdecode", "PIL.Image.open", "tifffile.TiffFile",
+    assert {"cv2.imread", "PIL.Image.open", "tifffile.TiffFile",
             "nibabel.load"} <= set(_decoder_calls(READER))
 
 
@@ -157,7 +159,7 @@ def test_semantic_mapper_names_the_unreadable_image_or_label(files):
 def test_prediction_reports_the_unreadable_input(files, tmp_path, name, dims):
     path = tmp_path / name
     expected = _error(read_nifti if dims == 3 else decode_image_file, path)
-    predictor = types.SimpleNamespace(kind="semantic", dims=dims)
+    predictor = SemanticPredictor(lambda batch: batch, dims=dims)
     with pytest.raises(UserError) as caught:
         predict_files(predictor, [InputImage(path, name)], tmp_path / "out", progress=False)
     assert str(caught.value) == f"none of the 1 inputs could be read; first: {expected}"
@@ -174,6 +176,9 @@ def test_converters_report_the_readers_reason(files, tmp_path):
     (dsb / "masks").mkdir()
     (dsb / "images" / "s1.png").write_bytes(BROKEN_PNG)
     cv2.imwrite(str(dsb / "masks" / "m0.png"), np.eye(8, dtype=np.uint8) * 255)
+    shutil.copytree(dsb, tmp_path / "dsb" / "s0")  # a usable image: the run writes a data set
+    cv2.imwrite(str(tmp_path / "dsb" / "s0" / "images" / "s0.png"), np.eye(8, dtype=np.uint8))
+    (tmp_path / "dsb" / "s0" / "images" / "s1.png").unlink()
     report = convert_dsb2018(tmp_path / "dsb", tmp_path / "dsb_out", progress=False)
     assert [(Path(p.file).name, p.kind, p.reason) for p in report.problems] == [
         ("s1.png", "unreadable_image", reason)]
@@ -183,6 +188,8 @@ def test_converters_report_the_readers_reason(files, tmp_path):
     (src / "masks").mkdir()
     cv2.imwrite(str(src / "images" / "a.png"), np.full((8, 8), 90, np.uint8))
     (src / "masks" / "a.png").write_bytes(BROKEN_PNG)
+    cv2.imwrite(str(src / "images" / "b.png"), np.full((8, 8), 90, np.uint8))
+    cv2.imwrite(str(src / "masks" / "b.png"), np.eye(8, dtype=np.uint8))
     report = convert_instances(src, tmp_path / "instances_out", progress=False)
     assert [(Path(p.file).name, p.kind, p.reason) for p in report.problems] == [
         ("a.png", "unreadable_mask", _error(read_label, src / "masks" / "a.png").reason)]

@@ -193,3 +193,56 @@ def test_resumed_run_sees_the_batches_and_ends_with_the_weights_of_an_uninterrup
     lines = (tmp_path / "b" / "metrics.json").read_text().splitlines()
     iterations = [json.loads(line)["iteration"] for line in lines]
     assert iterations == sorted(set(iterations)) and iterations[-1] == 7
+
+
+class _ExplodingModel(torch.nn.Module):
+    """Fails in its forward pass as Detectron2's RPN does when weights became non-finite."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = torch.nn.Parameter(torch.ones(2))
+        self.second = torch.nn.Parameter(torch.tensor([1.0, float("inf")]))
+
+    def forward(self, batch):
+        raise FloatingPointError("Predicted boxes or scores contain Inf/NaN. Training has "
+                                 "diverged.")
+
+
+def test_divergence_caught_by_detectron2_names_iteration_weight_and_last_loss():
+    from detectron2.utils.events import EventStorage
+
+    model = _ExplodingModel()
+    trainer = CheckedSimpleTrainer(model, iter(lambda: [torch.ones(2)], None),
+                                   torch.optim.SGD(model.parameters(), lr=0.1))
+    trainer.iter = 7
+    with EventStorage(6) as storage:
+        storage.put_scalars(loss_a=2.0, loss_b=3e9)
+        storage.step()
+        with pytest.raises(NonFiniteLossError) as caught:
+            trainer.run_step()
+    assert str(caught.value) == (
+        "diverged at iteration 7: non-finite predicted boxes or scores (Detectron2: Predicted "
+        "boxes or scores contain Inf/NaN. Training has diverged.) with the first non-finite "
+        "weight second; the losses of iteration 6 were finite, the largest loss_b=3e+09")
+
+
+def test_user_error_from_a_data_loader_worker_is_its_own_line(capsys):
+    """torch re-raises a worker's exception with the worker's traceback as its message."""
+    from torch._utils import ExceptionWrapper
+
+    from maskrcnn_pp.data.image_io import UnreadableImageError
+    from maskrcnn_pp.utils.errors import exit_on_user_error
+
+    try:
+        raise UnreadableImageError("/data/x.png: cannot read image")
+    except UnreadableImageError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+
+    @exit_on_user_error
+    def main():
+        wrapped.reraise()
+
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: /data/x.png: cannot read image\n"

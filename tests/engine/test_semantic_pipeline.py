@@ -238,7 +238,7 @@ def test_prune_report_cli(datasets, tmp_path, capsys):
     capsys.readouterr()
     weights = str(tmp_path / "model.pth")
     for args, message in [
-        (["--weights", str(tmp_path / "missing.pth")], "is not a file"),
+        (["--weights", str(tmp_path / "missing.pth")], "missing.pth does not exist"),
         (["--weights", weights, "MODEL.SEMANTIC.ARCH", "unet"],
          "pruning needs UNet++ with deep supervision"),
         (["--weights", weights, "--dataset", "nodule_none"], "unknown data set 'nodule_none'")]:

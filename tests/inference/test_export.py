@@ -286,6 +286,32 @@ def test_cli_writes_graph_and_sidecar(semantic_model, tmp_path, capsys):
     assert exported.info["level"] == 2
 
 
+def test_an_earlier_export_is_refused_unless_overwritten(semantic_model, tmp_path, capsys):
+    _, _, weights = semantic_model
+    config = QUICK / "semantic_2d_quick.yaml"
+
+    def export(*extra):
+        return run_script_main(EXPORT_TOOL, capsys, "--config-file", config, "--weights",
+                               weights, "--format", "torchscript", "--output", tmp_path,
+                               *extra)
+
+    assert export("--levels", "1", "2")[0] == 0
+    (tmp_path / "model.onnx").write_bytes(b"another format may share the folder")
+    first = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    code, (out, err) = export("--levels", "2")
+    assert code == 2 and not out and err.strip() == (
+        f"error: {tmp_path} holds an earlier torchscript export (model_L1.ts, "
+        "model_L1.ts.json, model_L2.ts, model_L2.ts.json); --overwrite replaces it")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == first   # untouched
+
+    code, (out, _) = export("--levels", "2", "--overwrite")
+    assert code == 0 and "model_L2.ts" in out
+    # the earlier export's other graph is gone with its sidecar, the other format stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model_L2.ts",
+                                                          "model_L2.ts.json"]
+    assert load_exported_model(tmp_path / "model_L2.ts").info["level"] == 2
+
+
 def test_detectron2_export_imports_without_caffe2():
     export = detectron2_export()
     assert export.TracingAdapter.__name__ == "TracingAdapter"

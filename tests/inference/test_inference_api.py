@@ -85,7 +85,8 @@ def test_eager_runner_pastes_the_masks_detectron2_pastes_box_by_box(weights):
     tile = np.random.default_rng(5).integers(0, 255, (100, 90, 3), dtype=np.uint8)
     runner = DetectronModelRunner(model, cfg)
     ours = runner(tile)
-    resized = runner.resize.get_transform(tile).apply_image(to_format(tile, cfg.INPUT.FORMAT))
+    resized = runner.network_image(tile)
+    assert runner.scale == 1 and np.array_equal(resized, to_format(tile, cfg.INPUT.FORMAT))
     with torch.no_grad():
         theirs = model([{"image": torch.as_tensor(resized.transpose(2, 0, 1).copy()),
                          "height": 100, "width": 90}])[0]["instances"]
@@ -106,7 +107,8 @@ def test_semantic_2d_model_predicts_images_of_any_size(weights):
     assert result.probabilities.shape == (1, 40, 50) and result.probabilities.dtype == np.float32
     assert 0 <= result.probabilities.min() and result.probabilities.max() <= 1
     np.testing.assert_array_equal(result.label_image, result.probabilities[0] > 0.5)
-    assert predictor(np.zeros((40, 50, 3), np.uint8)).label_image.shape == (40, 50)
+    assert predictor(np.random.default_rng(1).integers(0, 255, (40, 50, 3), np.uint8)
+                     ).label_image.shape == (40, 50)
     with pytest.raises(UserError, match=r"shape \(2, 40, 50\) is not"):
         predictor(np.zeros((2, 40, 50), np.uint8))
 
@@ -139,10 +141,15 @@ def test_semantic_3d_model_predicts_a_volume_larger_than_its_patch(weights):
 def test_exported_model_file_builds_the_same_kind_of_predictor(monkeypatch):
     loaded = []
 
+    def graph(x):
+        return x
+
+    graph.scales_limits = False     # as an exported detector's runner says
+
     def load_exported_model(path, score_thresh=None):
         loaded.append((str(path), score_thresh))
         kind = "2d" if "semantic" in str(path) else "pp"
-        return types.SimpleNamespace(cfg=load_config(QUICK[kind]), model_fn=lambda x: x)
+        return types.SimpleNamespace(cfg=load_config(QUICK[kind]), model_fn=graph)
 
     fake = types.ModuleType("maskrcnn_pp.inference.export")
     fake.load_exported_model = load_exported_model
@@ -210,8 +217,45 @@ def test_cli_semantic_2d_pages_probabilities_skips_and_resume(tmp_path, weights,
     assert not (out / "labels" / "a.tif").exists()          # not predicted again
     assert [json.loads(line)["image"]["file_name"]
             for line in (out / PROGRESS_FILE).read_text().splitlines()] == ["a.png", "b.tif"]
-    code, _, err = predict(capsys, *common)                   # b.tif needs --page
+    code, _, err = predict(capsys, *common)
+    assert code == 2 and "holds an earlier prediction" in err and "--overwrite" in err
+    code, _, err = predict(capsys, *common, "--overwrite")   # b.tif needs --page
     assert code == 0 and "b.tif: holds 2 images" in err
+    assert (out / "labels" / "a.tif").exists()
+    assert not (out / "labels" / "b.tif").exists()             # nothing of the earlier run
+    assert not (out / "probabilities" / "b.tif").exists()
+    assert [json.loads(line)["image"]["file_name"]
+            for line in (out / PROGRESS_FILE).read_text().splitlines()] == ["a.png"]
+
+
+def test_cli_resume_refuses_another_model_level_or_threshold(tmp_path, weights, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 255, (36, 44), dtype=np.uint8)).save(folder / name)
+    out = tmp_path / "out"
+    common = ["--config-file", QUICK["2d"], folder, "--output", out]
+    assert predict(capsys, *common, "--weights", weights["2d"])[0] == 0
+    first_line = (out / PROGRESS_FILE).read_text().splitlines()[0]
+    (out / PROGRESS_FILE).write_text(first_line + "\n")       # as if b.png was not done
+
+    torch.manual_seed(1)
+    SafeCheckpointer(build_model(load_config(QUICK["2d"])), str(tmp_path)).save("other")
+    for extra, change in (
+            (["--threshold", "0.7"], "threshold 0.5 -> 0.7"),
+            (["--level", "1"], "config.MODEL.SEMANTIC.INFERENCE_LEVEL 0 -> 1"),
+            (["--label-format", "png"], "write.label_format tif -> png"),
+            (["--weights", tmp_path / "other.pth"], "weights sha256 ")):
+        if "--weights" not in extra:
+            extra = [*extra, "--weights", weights["2d"]]
+        code, stdout, err = predict(capsys, *common, *extra, "--resume")
+        assert code == 2 and not stdout, err
+        assert f"was predicted with other settings: {change}" in err
+        assert len(err.strip().splitlines()) == 1
+    code, stdout, _ = predict(capsys, *common, "--weights", weights["2d"], "--resume",
+                              "--no-overlays")
+    assert code == 0 and "2 inputs, label maps, 1 already done" in stdout
 
 
 def test_cli_3d_model_on_nifti_keeps_the_affine(tmp_path, weights, capsys):

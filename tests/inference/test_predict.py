@@ -21,7 +21,7 @@ from maskrcnn_pp.data.image_io import read_image_rgb
 from maskrcnn_pp.engine import load_config
 from maskrcnn_pp.engine.checkpoint import SafeCheckpointer
 from maskrcnn_pp.evaluation.nuclei import coco_from_dict, evaluate_coco_results, to_rles
-from maskrcnn_pp.inference import InstancePredictor, InstanceResult, tile_windows
+from maskrcnn_pp.inference import InstancePredictor, resolve_overlaps, tile_windows
 from maskrcnn_pp.inference.batch import (
     IMAGES_INDEX_FILE,
     RESULTS_FILE,
@@ -31,6 +31,7 @@ from maskrcnn_pp.inference.batch import (
     predict_files,
     split_config_overrides,
 )
+from maskrcnn_pp.inference.tiling import Detection
 from maskrcnn_pp.utils.errors import UserError
 from tests.helpers import ROOT, run_script_main
 
@@ -242,33 +243,49 @@ def test_score_threshold_drops_weak_instances_before_merging():
 # --------------------------------------------------------------------------- writers
 
 
-def prediction_from_masks(masks, scores):
-    """An InstanceResult holding ``masks`` in the given order, cropped to their boxes."""
-    tops, lefts, crops = [], [], []
-    for mask in masks:
+def detections_from_masks(masks, scores):
+    """Detections holding ``masks`` in the given order, cropped to their boxes."""
+    detections = []
+    for mask, score in zip(masks, scores):
         rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-        tops.append(rows[0])
-        lefts.append(cols[0])
-        crops.append(mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
-    return InstanceResult(masks.shape[1], masks.shape[2], np.array(tops, np.int64),
-                          np.array(lefts, np.int64), crops, np.asarray(scores, float),
-                          np.zeros(len(scores), np.int64))
+        detections.append(Detection(int(rows[0]), int(cols[0]),
+                                    mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1],
+                                    score, 0))
+    return detections
 
 
-def test_label_image_values_dtype_and_overlaps_resolved_by_score():
-    masks = np.zeros((3, 20, 30), bool)
-    masks[0, 2:10, 2:12] = True       # score 0.6
-    masks[1, 5:15, 8:20] = True       # score 0.9: wins over 0 and 2 where they overlap
-    masks[2, 12:18, 15:28] = True     # score 0.7
-    labels = prediction_from_masks(masks, [0.6, 0.9, 0.7]).label_image
+def test_overlaps_are_resolved_once_by_score_and_mostly_hidden_instances_dropped():
+    masks = np.zeros((4, 20, 30), bool)
+    masks[0, 2:10, 2:12] = True       # score 0.6: loses 5 x 4 of its 80 pixels to mask 1
+    masks[1, 5:15, 8:20] = True       # score 0.9: keeps everything
+    masks[2, 12:18, 15:28] = True     # score 0.7: loses 3 x 5 of its 78 pixels to mask 1
+    masks[3, 6:14, 9:19] = True       # score 0.8: 80 pixels, all under mask 1: dropped
+    scores = [0.6, 0.9, 0.7, 0.8]
+    result = resolve_overlaps(detections_from_masks(masks, scores), 20, 30,
+                              min_visible_fraction=0.5)
+    labels = result.label_image
     assert labels.dtype == np.uint16 and labels.shape == (20, 30)
+    assert list(result.scores) == [0.9, 0.7, 0.6]            # mask 3 is gone, ids by score
     expected = np.zeros((20, 30), np.uint16)
-    expected[masks[2]] = 3
-    expected[masks[0]] = 1
-    expected[masks[1]] = 2
+    expected[masks[0]] = 3
+    expected[masks[2]] = 2
+    expected[masks[1]] = 1
     np.testing.assert_array_equal(labels, expected)
-    assert set(np.unique(labels)) == {0, 1, 2, 3}
-    assert prediction_from_masks(np.zeros((0, 4, 5), bool), []).label_image.max() == 0
+    # every form of the result holds the same, disjoint instances
+    np.testing.assert_array_equal(result.masks(), [labels == k for k in (1, 2, 3)])
+    np.testing.assert_array_equal(mask_util.decode(result.rles).transpose(2, 0, 1),
+                                  result.masks())
+    np.testing.assert_array_equal(result.boxes, [[8, 5, 20, 15], [15, 12, 28, 18],
+                                                 [2, 2, 12, 10]])
+    assert [r["score"] for r in result.coco_results(1, [1])] == [0.9, 0.7, 0.6]
+
+    # mask 0 keeps 60 / 80 = 75 % of its pixels, mask 2 63 / 78 = 81 %
+    assert list(resolve_overlaps(detections_from_masks(masks, scores), 20, 30,
+                                 min_visible_fraction=0.8).scores) == [0.9, 0.7]
+    # a fraction of 0 still drops what has no pixel left
+    assert len(resolve_overlaps(detections_from_masks(masks, scores), 20, 30,
+                                min_visible_fraction=0.0)) == 3
+    assert resolve_overlaps([], 4, 5).label_image.max() == 0
 
 
 def write_disc_inputs(folder):
@@ -409,13 +426,15 @@ def test_end_to_end_with_a_real_model_skips_corrupt_images(tmp_path, tiny_weight
     assert index["images"] == [{"id": 1, "file_name": "big.png",
                                 "path": str(tmp_path / "in" / "big.png"),
                                 "height": 170, "width": 200}]
-    # 2 x 2 tiles of 128 px, at most 15 detections each, merged across the seams.
-    assert 0 < len(results) <= 60
+    # One default tile (512 px) at the training scale; the limit of 15 detections per
+    # 128 x 128 test image grows with the tile's area: 15 x 170 x 200 / 128² -> 32.
+    assert 0 < len(results) <= 32
     assert all(r["segmentation"]["size"] == [170, 200] and r["image_id"] == 1
                and r["category_id"] == 1 for r in results)
     labels = tifffile.imread(out / "labels" / "big.tif")
     assert labels.dtype == np.uint16 and labels.shape == (170, 200)
-    assert labels.max() <= len(results)
+    assert set(np.unique(labels)) - {0} == set(range(1, len(results) + 1))
+    assert f"1 inputs, {len(results)} instances, 1 skipped" in proc.stdout
     assert cv2.imread(str(out / "overlays" / "big.png")).shape == (170, 200, 3)
     assert not (out / "overlays" / "corrupt.png").exists()
 
@@ -428,7 +447,7 @@ def test_missing_weights_is_one_line_exit_2_no_traceback(tmp_path):
                        "--output", tmp_path / "out")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"error: checkpoint or weights file {tmp_path / 'none.pth'} does not exist"]
+        f"error: weights file {tmp_path / 'none.pth'} does not exist"]
 
 
 def test_user_errors_exit_2_and_name_the_file(tmp_path, tiny_weights, capsys):

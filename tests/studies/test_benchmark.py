@@ -1,7 +1,10 @@
 """The benchmark machinery runs (tiny sizes); the timings themselves live in docs/."""
+import os
+
 import pytest
 
 from maskrcnn_pp.studies import benchmark
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.slow  # every test here times real models
 
@@ -37,3 +40,19 @@ def test_export_groups_time_eager_torchscript_and_onnx_side_by_side(tmp_path):
     assert rows[0]["infer_ratio"] == 1.0 and all(r["infer_s"] > 0 for r in rows)
     assert all(r["train_step_s"] is None for r in rows)
     assert "train step" not in benchmark.markdown_table(rows)
+
+
+def test_train_step_timing_compares_the_same_steps_of_both_paths():
+    from maskrcnn_pp.studies.training_speed import machine_throughput, step_times
+
+    config = str(ROOT / "configs" / "quick_schedules" / "mask_rcnn_pp_synthetic.yaml")
+    row = step_times(config, rounds=2, steps=2, warmup_rounds=1, progress=lambda m: None)
+    assert set(row["seconds_per_step"]) == {"detectron2 paths", "fast paths"}
+    assert row["steps_timed"] == 2 and row["steps_compared"] == 4
+    assert all(0 < t < 60 for t in row["seconds_per_step"].values())
+    # Same seed, same data stream, same computation: the first losses agree to rounding.
+    assert row["first_step_relative_loss_difference"] < 1e-5
+    assert row["config"] == "configs/quick_schedules/mask_rcnn_pp_synthetic.yaml"
+    both = machine_throughput(config, jobs=2, threads=1, fast_paths=True, warmup=1, steps=2)
+    assert len(set(both["worker_pids"])) == 2 and os.getpid() not in both["worker_pids"]
+    assert both["iterations_per_second"] > 0

@@ -15,15 +15,12 @@ import torch
 import yaml
 from pycocotools import mask as mask_util
 
+from maskrcnn_pp.evaluation.coco_resampling import CocoMatches
 from maskrcnn_pp.evaluation.nuclei import coco_ap, coco_from_dict, coco_image_evaluation
-from maskrcnn_pp.studies.study import (
-    RunEval,
-    _resampled_ap,
-    bootstrap_positions,
-    load_spec,
-    plan_runs,
-    summarize,
-)
+from maskrcnn_pp.studies.bootstrap import Comparison, bootstrap_positions, summarize
+from maskrcnn_pp.studies.description import load_spec
+from maskrcnn_pp.studies.evaluation import RunEval
+from maskrcnn_pp.studies.runs import plan_runs
 from maskrcnn_pp.utils.errors import UserError
 from tests.helpers import ROOT
 
@@ -48,6 +45,12 @@ def write_spec(tmp_path, **fields):
     ({"overrides": {"SEED": 3}}, "overrides.SEED is set by the study"),
     ({"eval_sets": ["no_such_set"]}, "eval_sets: unknown data set 'no_such_set'"),
     ({"group_pattern": "_\\d+"}, "needs a (group)"),
+    ({"eval_iters": [0]}, "'eval_iters' must be a list of distinct integers >= 1"),
+    ({"pairs": [["pp", "pp"]]}, "pairs: ['pp', 'pp'] must be two different models"),
+    ({"contrasts": {"c": {"pp": 1, "base": 1}}}, "contrasts.c: weights sum to 2, not 0"),
+    ({"contrasts": {"c": {"pp": 1, "nope": -1}}}, "contrasts.c: unknown model 'nope'"),
+    ({"models": {"a": {"runs_of": "b"}}}, "models.a: runs_of 'b' is not a trained model"),
+    ({"models": {"a": {"config": "x.yaml", "colour": 1}}}, "models.a: unknown key(s) colour"),
 ])
 def test_bad_descriptions_name_the_file_and_key(tmp_path, fields, message):
     path = write_spec(tmp_path, **fields)
@@ -67,6 +70,26 @@ def test_runs_follow_the_layout_and_overrides_reach_the_command(tmp_path):
     assert (cfg.SOLVER.STEPS, cfg.SOLVER.MAX_ITER, cfg.SEED) == ((2, 3), 4, 5)
     assert cfg.OUTPUT_DIR == str(runs[0].run_dir) and cfg.DATASETS.TEST == ()
     assert "--resume" in runs[0].train_command()
+
+
+def test_eval_iters_need_checkpoints_and_variants_share_runs(tmp_path):
+    pp = str(QUICK / "mask_rcnn_pp_synthetic.yaml")
+    models = {"pp": pp,
+              "wide": {"config": pp, "overrides": {"MODEL.ROI_MASK_HEAD.WIDTHS": [64, 64, 64]}},
+              "fast": {"runs_of": "pp",
+                       "eval_overrides": {"MODEL.ROI_MASK_HEAD.INFERENCE_LEVEL": 2}}}
+    spec = load_spec(write_spec(tmp_path, models=models, seeds=[0], eval_iters=[200, 360],
+                                overrides={"SOLVER.CHECKPOINT_PERIOD": 100}))
+    runs = {r.model: r for r in plan_runs(spec)}
+    assert runs["fast"].run_dir == runs["pp"].run_dir and not runs["fast"].trains
+    assert runs["fast"].config(evaluation=True).MODEL.ROI_MASK_HEAD.INFERENCE_LEVEL == 2
+    assert runs["fast"].config().MODEL.ROI_MASK_HEAD.INFERENCE_LEVEL == 0
+    assert runs["wide"].config().MODEL.ROI_MASK_HEAD.WIDTHS == [64, 64, 64]
+    assert runs["pp"].checkpoint(200, 360).name == "model_0000199.pth"
+    assert runs["pp"].checkpoint(360, 360).name == "model_final.pth"
+    bad = load_spec(write_spec(tmp_path, eval_iters=[150]))
+    with pytest.raises(UserError, match=r"eval_iters 150 has no checkpoint .*CHECKPOINT_PERIOD"):
+        plan_runs(bad)
 
 
 def test_bootstrap_draws_whole_groups():
@@ -115,15 +138,20 @@ def test_resampled_ap_equals_cocoeval_on_the_resampled_images():
     gt, dets = _coco_case(IMAGES)
     coco = coco_from_dict(gt, "gt")
     full = coco_image_evaluation(coco, dets, [1, 2, 3], 100)
-    assert _resampled_ap(full, np.arange(3)) == coco_ap(copy.deepcopy(full))
+    matches = CocoMatches(full)
+    assert matches.ap(np.arange(3)) == coco_ap(copy.deepcopy(full))
     # a subset: the same as evaluating those images only
-    subset = _resampled_ap(full, np.array([0, 2]))
+    subset = matches.ap(np.array([0, 2]))
     assert subset == coco_ap(coco_image_evaluation(coco, dets, [1, 3], 100))
     # repeats: the same as a data set where image 3 really appears twice
     twice_gt, twice_dets = _coco_case([IMAGES[0], IMAGES[2], IMAGES[2]])
     twice = coco_image_evaluation(coco_from_dict(twice_gt, "gt2"), twice_dets, [1, 2, 3], 100)
-    assert _resampled_ap(full, np.array([0, 2, 2])) == coco_ap(twice)
+    assert matches.ap(np.array([0, 2, 2])) == coco_ap(twice)
     assert subset != coco_ap(copy.deepcopy(full))      # the resample really changes AP
+    # maxDets cuts each image's detections before the matches are pooled
+    one = coco_image_evaluation(coco, dets, [1, 2, 3], 1)
+    assert CocoMatches(one).ap(np.array([2, 0, 1])) == coco_ap(
+        coco_image_evaluation(coco, dets, [1, 2, 3], 1))
 
 
 def _mean_eval(values, names=None):
@@ -137,21 +165,43 @@ def test_paired_bootstrap_of_per_image_means():
     base = rng.uniform(0.2, 0.6, 40)
     evals = {"a": {0: _mean_eval(base + 0.10), 1: _mean_eval(base + 0.12)},
              "b": {0: _mean_eval(base), 1: _mean_eval(base + 0.02)}}
-    summary = summarize(evals, ["a", "b"], resamples=300, ap_resamples=1)
-    pair, = summary["pairs"]
-    # Every image gains exactly 0.10: the paired difference has no spread at all.
-    assert pair["difference"] == pytest.approx(0.10)
-    assert pair["ci_low"] == pytest.approx(0.10) and pair["ci_high"] == pytest.approx(0.10)
+    pair_ab = [Comparison("a − b", {"a": 1.0, "b": -1.0}, ("a", "b"))]
+    summary, plots = summarize(evals, ["a", "b"], pair_ab, resamples=300, ap_resamples=1)
+    pair, = summary["comparisons"]
+    # Every image gains 0.10 in both seeds' mean: over images alone no spread at all; the
+    # seeds (a: +0.10, +0.12 over b's 0, +0.02) add the spread of drawing them.
+    assert pair["value"] == pytest.approx(0.10)
+    assert pair["images_ci_low"] == pytest.approx(0.10)
+    assert pair["images_ci_high"] == pytest.approx(0.10)
+    assert pair["ci_low"] == pytest.approx(0.08) and pair["ci_high"] == pytest.approx(0.12)
+    assert pair["per_seed"] == pytest.approx({"0": 0.10, "1": 0.10})
     stats = summary["models"]["a"]
     assert stats["per_seed"]["dsb_map"] == pytest.approx([base.mean() + 0.10, base.mean() + 0.12])
     assert stats["std"]["dsb_map"] == pytest.approx(np.std([0.10, 0.12], ddof=1))
-    plotted, _ = summary["_plot"][("a", "b", "dsb_map")]
+    plotted, _ = plots[("a − b", "dsb_map")]
     assert plotted == pytest.approx(np.full(40, 0.10))
 
     noisy = {"a": {0: _mean_eval(base + rng.normal(0, 0.1, 40))}, "b": {0: _mean_eval(base)}}
-    pair, = summarize(noisy, ["a", "b"], resamples=500, ap_resamples=1)["pairs"]
-    assert pair["ci_low"] < pair["difference"] < pair["ci_high"]
+    pair, = summarize(noisy, ["a", "b"], pair_ab, resamples=500, ap_resamples=1)[0][
+        "comparisons"]
+    assert pair["ci_low"] < pair["value"] < pair["ci_high"]
     assert pair["ci_high"] - pair["ci_low"] > 0.02
+
+
+def test_contrasts_weigh_the_models_means():
+    """A main effect of a 2x2: the mean of two cells minus the mean of the other two."""
+    base = np.linspace(0.2, 0.6, 30)
+    evals = {name: {0: _mean_eval(base + shift)}
+             for name, shift in (("pp", 0.3), ("neck", 0.1), ("head", 0.2), ("base", 0.0))}
+    neck = Comparison("neck", {"pp": 0.5, "neck": 0.5, "head": -0.5, "base": -0.5})
+    interaction = Comparison("interaction", {"pp": 1, "base": 1, "head": -1, "neck": -1})
+    summary, _ = summarize(evals, list(evals), [neck, interaction], resamples=200,
+                           ap_resamples=1)
+    values = {c["name"]: c for c in summary["comparisons"]}
+    assert values["neck"]["value"] == pytest.approx(0.1)            # (0.3+0.1-0.2-0)/2
+    assert values["interaction"]["value"] == pytest.approx(0.0)
+    assert values["neck"]["ci_low"] == pytest.approx(0.1)           # shifts: no spread
+    assert "per_seed" not in values["neck"]
 
 
 def test_semantic_scores_pool_pixels_and_refuse_other_images():
@@ -165,7 +215,7 @@ def test_semantic_scores_pool_pixels_and_refuse_other_images():
     other = RunEval("semantic", keys=["p0", "p1", "x"], file_names=["p0", "p1", "x"],
                     counts={"output": counts})
     with pytest.raises(UserError, match="other images"):
-        summarize({"a": {0: run}, "b": {0: other}}, ["a", "b"])
+        summarize({"a": {0: run}, "b": {0: other}}, ["a", "b"], [])
 
 
 def test_semantic_evaluator_keeps_the_counts_of_every_image():
@@ -203,53 +253,71 @@ def _study(spec, *args, **kwargs):
 
 
 @pytest.mark.slow
-def test_tiny_study_survives_a_kill_and_reuses_finished_runs(tmp_path):
-    spec = write_spec(tmp_path, overrides=TINY)
+def test_tiny_study_survives_a_kill_and_reports_learning_curves(tmp_path):
+    spec = write_spec(tmp_path, overrides=TINY, eval_iters=[4, 10])
     out = tmp_path / "out"
     run = {(m, s): out / "runs" / m / f"seed{s}" for m in ("pp", "base") for s in (0, 1)}
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     study = subprocess.Popen([sys.executable, str(STUDY), str(spec), "--jobs", "2"], cwd=ROOT,
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
+
+    def finished():
+        return {key for key, folder in run.items() if (folder / "model_final.pth").is_file()}
+
+    def midway():
+        return {key for key, folder in run.items()
+                if (folder / "last_checkpoint").is_file() and key not in finished()}
+
     # Kill the whole study (its trainings too) once a run is finished and another is midway.
     deadline = time.time() + 400
-    while not ((run["pp", 0] / "model_final.pth").is_file()
-               and (run["base", 0] / "last_checkpoint").is_file()):
+    while not (finished() and midway()):
         assert study.poll() is None and time.time() < deadline, "study ended or hung"
-        time.sleep(0.1)
+        time.sleep(0.05)
     os.killpg(study.pid, signal.SIGKILL)
     study.wait()
-    assert not (run["base", 0] / "model_final.pth").exists()
-    finished_before = (run["pp", 0] / "model_final.pth").stat().st_mtime_ns
+    done, interrupted = finished(), midway()
+    assert done and interrupted
+    finished_before = {key: (run[key] / "model_final.pth").stat().st_mtime_ns for key in done}
 
     resumed = _study(spec, "--jobs", "2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resuming base seed 0" in resumed.stdout
-    assert "pp seed 0 (" not in resumed.stdout                 # finished: not trained again
-    assert (run["pp", 0] / "model_final.pth").stat().st_mtime_ns == finished_before
-    log = (run["base", 0] / "log.txt").read_text()
-    assert "Starting training from iteration 0" in log
-    assert any(f"Starting training from iteration {i}" in log for i in range(2, 10, 2))
+    for model, seed in interrupted:
+        assert f"resuming {model} seed {seed}" in resumed.stdout
+        log = (run[model, seed] / "log.txt").read_text()
+        assert "Starting training from iteration 0" in log
+        assert any(f"Starting training from iteration {i}" in log for i in range(2, 10, 2))
+    for (model, seed), mtime in finished_before.items():     # finished: not trained again
+        assert f"{model} seed {seed} (" not in resumed.stdout
+        assert (run[model, seed] / "model_final.pth").stat().st_mtime_ns == mtime
 
     report = json.loads((out / "study.json").read_text())
-    summary = report["eval_sets"]["nuclei_synthetic_val"]
-    assert summary["images"] == 16 and report["unfinished"] == []
-    for model in ("pp", "base"):
-        stats = summary["models"][model]
-        assert stats["seeds"] == [0, 1]
-        for i, seed in enumerate((0, 1)):
-            nuclei = json.loads((run[model, seed] / "study_eval" / "nuclei_synthetic_val"
-                                 / "nuclei_metrics.json").read_text())
-            assert stats["per_seed"]["dsb_map"][i] == pytest.approx(100 * nuclei["dsb_map"])
-            assert stats["per_seed"]["segm_AP"][i] == pytest.approx(
-                100 * (nuclei["coco_segm"]["AP"] or 0.0))
-    pairs = {p["metric"]: p for p in summary["pairs"]}
-    assert pairs["segm_AP"]["resamples"] == 20 and pairs["aji"]["resamples"] == 200
-    assert all(p["ci_low"] <= p["ci_high"] for p in pairs.values())
-    for name in ("segm_AP", "dsb_map", "aji"):
+    points = report["eval_sets"]["nuclei_synthetic_val"]
+    assert list(points) == ["4", "10"] and report["missing"] == []
+    for label, summary in points.items():
+        assert summary["images"] == 16
+        for model in ("pp", "base"):
+            stats = summary["models"][model]
+            assert stats["seeds"] == [0, 1]
+            for i, seed in enumerate((0, 1)):
+                nuclei = json.loads((run[model, seed] / "study_eval" / "nuclei_synthetic_val"
+                                     / f"iter{label}" / "nuclei_metrics.json").read_text())
+                assert stats["per_seed"]["dsb_map"][i] == pytest.approx(100 * nuclei["dsb_map"])
+                assert stats["per_seed"]["segm_AP"][i] == pytest.approx(
+                    100 * (nuclei["coco_segm"]["AP"] or 0.0))
+        comparisons = {c["metric"]: c for c in summary["comparisons"]}
+        assert comparisons["aji"]["name"] == "pp − base"
+        assert comparisons["segm_AP"]["resamples"] == 20
+        assert comparisons["aji"]["resamples"] == 200
+        assert all(c["ci_low"] <= c["value"] <= c["ci_high"] or c["ci_low"] == c["ci_high"]
+                   for c in comparisons.values())
+    # The checkpoint after 4 iterations is not the final model: its scores differ.
+    assert points["4"]["models"]["pp"]["per_seed"] != points["10"]["models"]["pp"]["per_seed"]
+    for name in ("segm_AP", "dsb_map", "aji", "dsb_map_curve", "aji_curve"):
         assert (out / f"nuclei_synthetic_val_{name}.png").read_bytes()[:4] == b"\x89PNG"
     markdown = (out / "study.md").read_text()
-    assert "| pp | base | aji |" in markdown and "nuclei_synthetic_val_aji.png" in markdown
+    assert "| pp − base | aji |" in markdown and "nuclei_synthetic_val_aji_curve.png" in markdown
+    assert "At 4 iterations" in markdown
 
     again = _study(spec, "--no-train")                       # cached evaluations
     assert again.returncode == 0 and "evaluating" not in again.stdout
@@ -264,20 +332,16 @@ def test_tiny_study_survives_a_kill_and_reuses_finished_runs(tmp_path):
 
 
 def test_throughput_rows_and_the_marked_block_of_a_document(tmp_path):
-    from maskrcnn_pp.studies.throughput import (
-        MARKERS,
-        measure_throughput,
-        replace_between_markers,
-        throughput_markdown,
-    )
+    from maskrcnn_pp.studies.throughput import MARKERS, measure_throughput, throughput_markdown
+    from maskrcnn_pp.utils.io import replace_between_markers
 
     rows = measure_throughput({"pp": str(QUICK / "mask_rcnn_pp_synthetic.yaml")}, size=64,
                               batch=2, device="cpu", steps=1, warmup=0, progress=lambda m: None)
     assert rows[0]["train_images_per_s"] > 0 and rows[0]["infer_images_per_s"] > 0
     doc = tmp_path / "benchmarks.md"
     doc.write_text(f"# B\n\nbefore\n\n{MARKERS[0]}\nold numbers\n{MARKERS[1]}\n\nafter\n")
-    replace_between_markers(doc, throughput_markdown(rows))
-    replace_between_markers(doc, "GPU: X\n\n" + throughput_markdown(rows))
+    replace_between_markers(doc, throughput_markdown(rows), MARKERS)
+    replace_between_markers(doc, "GPU: X\n\n" + throughput_markdown(rows), MARKERS)
     text = doc.read_text()
     assert text.count(MARKERS[0]) == 1 and "old numbers" not in text
     assert text.startswith("# B\n\nbefore\n") and text.endswith("\n\nafter\n")

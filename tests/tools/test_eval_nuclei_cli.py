@@ -98,6 +98,14 @@ def test_table_and_json(runs, inputs):
     # image 1 scores 1, image 2 scores 0
     assert re.search(r"^\| dsb_map +\| +50\.00 \|$", result.stdout, re.M)
     assert re.search(r"^\| precision \(%\) +(\| 50\.00 +){10}\|$", result.stdout, re.M)
+    # the report says what each number is
+    notes = result.stdout.split("|\n\n")[-1]
+    for line in ("dsb_map: DSB2018 score: TP / (TP + FP + FN)", "aji: Aggregated Jaccard Index",
+                 "dice: Dice of the union of true nuclei and the union of predicted nuclei",
+                 "f1_50: F1 = 2TP / (2TP + FP + FN), matched one to one at IoU > 0.5",
+                 "segm_AP: COCO mask AP", "All in percent."):
+        assert line in notes, notes
+    assert "0.50:0.05:0.95" in notes and "detections with score >= 0.5" in " ".join(notes.split())
     saved = json.loads((inputs["gt"].parent / "o.json").read_text())
     assert saved["dsb_map"] == 0.5 and saved["num_images"] == 2
     assert [m["dsb_map"] for m in saved["per_image"]] == [1.0, 0.0]
@@ -127,3 +135,17 @@ def test_bad_input_in_process(inputs, capsys, case):
     assert captured.out == ""
     assert captured.err.startswith("error: ") and captured.err.count("\n") == 1
     assert error in captured.err
+
+
+def test_help_explains_every_metric(capsys):
+    """--help says what each metric is, how it is averaged, and its unit."""
+    main = runpy.run_path(str(EVAL), run_name="eval_nuclei")["main"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for metric in ("dsb_map", "aji", "dice", "iou", "f1_50", "segm_AP"):
+        assert f"{metric}: " in text
+    assert "TP / (TP + FP + FN)" in text and "t = 0.50:0.05:0.95" in text
+    assert "union of true nuclei and the union of predicted nuclei" in text
+    assert "means over images" in text and "All in percent" in text

@@ -5,32 +5,21 @@ from pathlib import Path
 
 import numpy as np
 
+from ...utils.io import PathLike
+from ..catalog import datasets_root
 from ..image_io import NIFTI_SUFFIXES, is_nifti, nifti_stem
-from ..sources import source_root
-from .staging import (
-    Preparation,
-    check_source,
+from ..sources import walk
+from .base import Converted, Preparation, PreparationReport, SampleProblem, SplitPlan, write_png
+from .semantic_output import (
+    SemanticPreparer,
+    add_hu_window_argument,
+    check_hu_window,
     hu_window,
     read_nifti_pair,
     resize_2d,
-    write_png,
 )
 
-__all__ = ["prepare_liver"]
-
-
-def _lits_pairs(source: Path, prep: Preparation) -> list[tuple[str, Path, Path]]:
-    """``(N, volume-N, segmentation-N)`` for every volume under ``source`` (any depth)."""
-    pairs = []
-    for volume in sorted(p for p in source.rglob("volume-*") if is_nifti(p)):
-        number = nifti_stem(volume)[len("volume-"):]
-        candidates = [volume.with_name(f"segmentation-{number}{s}") for s in NIFTI_SUFFIXES]
-        segmentation = next((c for c in candidates if c.is_file()), None)
-        if segmentation is None:
-            prep.skip(volume, f"no segmentation-{number}.nii[.gz] beside it")
-            continue
-        pairs.append((number, volume, segmentation))
-    return pairs
+__all__ = ["LiverPreparer", "prepare_liver"]
 
 
 def _axial_slice(volume: np.ndarray, z: int) -> np.ndarray:
@@ -39,45 +28,89 @@ def _axial_slice(volume: np.ndarray, z: int) -> np.ndarray:
     return np.ascontiguousarray(volume[:, :, z].T[::-1, ::-1])
 
 
-def prepare_liver(source: Path, output_root: Path | None = None, *, size: int = 512,
-                  window: tuple[float, float] = (-200.0, 250.0), val_fraction: float = 0.2,
-                  seed: int = 0, keep_empty_slices: bool = False) -> dict:
-    """LiTS ``volume-N`` / ``segmentation-N`` NIfTI pairs to axial ``size`` x ``size`` slices.
+class LiverPreparer(SemanticPreparer):
+    """LiTS ``volume-N`` / ``segmentation-N`` NIfTI pairs (any depth under the source) to
+    axial ``size`` x ``size`` slices.
 
     Volumes are read in RAS+ orientation whatever their affine. Intensities are
     HU-windowed to 0..255; liver (1) and tumour (2) merge into liver. Only slices that show
     liver are kept unless ``keep_empty_slices``. Slices are named ``volume-N_zNNNN.png``;
     the split is by CT scan.
     """
-    source = check_source(source, "a folder or archive of LiTS volume-N / segmentation-N "
-                                   "NIfTI files")
-    with source_root(source) as root, Preparation(
-            output_root, "liver", source, extracted_to=root, val_fraction=val_fraction,
-            seed=seed, size=size, window=list(window),
-            keep_empty_slices=keep_empty_slices) as prep:
-        for number, volume_path, segmentation_path in _lits_pairs(root, prep):
-            pair = read_nifti_pair(volume_path, segmentation_path, prep)
-            if pair is None:
+
+    name = "liver"
+    folder = "liver"
+    description = ("Slice LiTS CT scans (volume-N.nii[.gz], segmentation-N.nii[.gz]) into "
+                   "HU-windowed axial PNGs")
+    source_help = "a folder or archive of LiTS volume-N / segmentation-N NIfTI files"
+    items = "CT volumes"
+    samples = "slices"
+    val_fraction = 0.2
+    val_help = "share of CT scans in the validation split"
+    window = (-200.0, 250.0)
+
+    def __init__(self, size: int = 512, window: tuple[float, float] = window,
+                 keep_empty_slices: bool = False):
+        check_hu_window(*window)
+        super().__init__(size=size, window=list(window), keep_empty_slices=keep_empty_slices)
+        self.size, self.hu, self.keep_empty_slices = size, tuple(window), keep_empty_slices
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        parser.add_argument("--size", type=int, default=512, help="output side (default 512)")
+        add_hu_window_argument(parser, *cls.window)
+        parser.add_argument("--keep-empty-slices", action="store_true",
+                            help="also keep slices without liver")
+
+    @classmethod
+    def settings_from(cls, args) -> dict:
+        return {"size": args.size, "window": tuple(args.window),
+                "keep_empty_slices": args.keep_empty_slices}
+
+    def find_items(self, root: Path, run: Preparation) -> list[Path]:
+        return sorted(folder / name for folder, _, files in walk(root) for name in files
+                      if name.startswith("volume-") and is_nifti(name))
+
+    def convert_item(self, volume_path: Path, run: Preparation) -> Converted:
+        number = nifti_stem(volume_path)[len("volume-"):]
+        candidates = [volume_path.with_name(f"segmentation-{number}{s}") for s in NIFTI_SUFFIXES]
+        segmentation_path = next((c for c in candidates if c.is_file()), None)
+        if segmentation_path is None:
+            raise SampleProblem(volume_path, "missing_label",
+                                f"no segmentation-{number}.nii[.gz] beside it")
+        hu, seg, _ = read_nifti_pair(volume_path, segmentation_path)
+        unexpected = sorted(set(np.unique(seg).tolist()) - {0, 1, 2})
+        if unexpected:
+            raise SampleProblem(segmentation_path, "unexpected_labels",
+                                f"label values {unexpected[:5]} outside "
+                                "{0 background, 1 liver, 2 tumour}")
+        liver = np.asarray(seg) > 0
+        if not liver.any():
+            raise SampleProblem(segmentation_path, "no_liver", "no liver voxel")
+        run.claim(number, volume_path)
+        image = hu_window(np.asarray(hu), *self.hu)
+        names = []
+        for z in range(hu.shape[2]):
+            if not self.keep_empty_slices and not liver[:, :, z].any():
                 continue
-            hu, seg, _ = pair
-            unexpected = sorted(set(np.unique(seg).tolist()) - {0, 1, 2})
-            if unexpected:
-                prep.skip(segmentation_path, f"label values {unexpected[:5]} outside "
-                                             "{0 background, 1 liver, 2 tumour}")
-                continue
-            liver = np.asarray(seg) > 0
-            if not liver.any():
-                prep.skip(segmentation_path, "no liver voxel")
-                continue
-            image = hu_window(np.asarray(hu), *window)
-            for z in range(hu.shape[2]):
-                if not keep_empty_slices and not liver[:, :, z].any():
-                    continue
-                out_name = f"volume-{number}_z{z:04d}.png"
-                write_png(prep.path("images", out_name),
-                           resize_2d(_axial_slice(image, z), size, is_label=False))
-                write_png(prep.path("labels", out_name),
-                           resize_2d(_axial_slice(liver, z).astype(np.uint8), size, True))
-                prep.add(number, out_name)
-            prep.sources_used += 1
-        return prep.finish("CT volumes with liver")
+            name = f"volume-{number}_z{z:04d}.png"
+            write_png(run.path("images", name),
+                      resize_2d(_axial_slice(image, z), self.size, is_label=False))
+            write_png(run.path("labels", name),
+                      resize_2d(_axial_slice(liver, z).astype(np.uint8), self.size, True))
+            names.append(name)
+        return Converted(group=number, samples=names)
+
+
+def prepare_liver(source: PathLike, output_root: PathLike | None = None, *, size: int = 512,
+                  window: tuple[float, float] = LiverPreparer.window,
+                  val_fraction: float | None = None, seed: int = 0,
+                  keep_empty_slices: bool = False, strict: bool = False,
+                  progress: bool = False) -> PreparationReport:
+    """LiTS to ``<output_root>/liver`` (default root ``$DETECTRON2_DATASETS``); see
+    :class:`LiverPreparer`. ``val_fraction`` defaults to 0.2."""
+    preparer = LiverPreparer(size, window, keep_empty_slices)
+    plan = SplitPlan.of(val_fraction, preparer.val_fraction, seed)
+    root = Path(output_root) if output_root is not None else datasets_root()
+    return preparer.prepare(source, root / preparer.folder, plan, strict=strict,
+                            progress=progress)

@@ -7,12 +7,23 @@ from pathlib import Path
 import numpy as np
 
 from ...utils.errors import UserError
+from ...utils.io import PathLike
+from ..catalog import datasets_root
 from ..image_io import IMAGE_EXTENSIONS, read_image
-from ..sources import source_root
-from .staging import Preparation, check_source, folder_with, resize_2d, write_png
+from .base import (
+    Converted,
+    Preparation,
+    PreparationReport,
+    SampleProblem,
+    SplitPlan,
+    read_sample_file,
+    write_png,
+)
+from .semantic_output import SemanticPreparer, folder_with, resize_2d
 
-__all__ = ["prepare_polyp"]
+__all__ = ["PolypPreparer", "prepare_polyp"]
 
+NAMES = ("kvasir", "clinicdb")
 # First frame of each of the 29 video sequences of CVC-ClinicDB (its README.txt).
 CLINICDB_SEQUENCE_STARTS = (1, 26, 51, 68, 79, 104, 127, 152, 178, 200, 206, 228, 253, 278, 298,
                             318, 343, 364, 384, 409, 429, 448, 467, 479, 504, 529, 547, 572, 592)
@@ -36,48 +47,81 @@ def _clinicdb_sequence(stem: str) -> str:
     return str(int(np.searchsorted(CLINICDB_SEQUENCE_STARTS, int(stem), side="right")))
 
 
-def prepare_polyp(source: Path, output_root: Path | None = None, *, name: str = "kvasir",
-                  size: int = 224, val_fraction: float = 0.2, seed: int = 0) -> dict:
-    """Kvasir-SEG or CVC-ClinicDB (``images/``, ``masks/``) to ``size`` x ``size`` PNGs.
-
-    ``source`` is the folder or its archive as downloaded (.zip, .tar.gz), with
-    ``images/`` and ``masks/`` at its top or in one sub-folder (``Kvasir-SEG/``).
+class PolypPreparer(SemanticPreparer):
+    """Kvasir-SEG or CVC-ClinicDB (``images/``, ``masks/`` at the source's top or in one
+    sub-folder such as ``Kvasir-SEG/``) to ``size`` x ``size`` PNGs.
 
     Masks are thresholded at 127 (they are JPEG in both releases), after resizing the gray
     mask, which keeps the border where the JPEG put it. Frames without any polyp pixel are
     skipped and reported. CVC-ClinicDB is split by video sequence, Kvasir-SEG by frame.
     """
-    if name not in ("kvasir", "clinicdb"):
-        raise UserError(f"--name must be 'kvasir' or 'clinicdb', got {name!r}")
-    source = check_source(source, "a folder or archive with images/ and masks/")
-    with source_root(source) as root, Preparation(
-            output_root, f"polyp_{name}", source, extracted_to=root,
-            val_fraction=val_fraction, seed=seed, size=size) as prep:
-        folder = folder_with(root, source, "images", "masks")
-        image_dir, mask_dir = folder / "images", folder / "masks"
-        masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
-        images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        for image_path in images:
-            mask_path = masks.get(image_path.stem)
-            if mask_path is None:
-                prep.skip(image_path, "no mask with the same name in masks/")
-                continue
-            image = prep.read(_read_bgr, image_path)
-            mask = None if image is None else prep.read(_read_gray, mask_path)
-            if mask is None:
-                continue
-            if image.shape[:2] != mask.shape:
-                prep.skip(image_path, f"image {image.shape[1]}x{image.shape[0]} and mask "
-                                      f"{mask.shape[1]}x{mask.shape[0]} differ in size")
-                continue
-            label = (resize_2d(mask, size, is_label=False) > 127).astype(np.uint8)
-            if not label.any():
-                prep.skip(mask_path, "empty mask: every frame must show a polyp")
-                continue
-            out_name = f"{image_path.stem}.png"
-            write_png(prep.path("images", out_name), resize_2d(image, size, is_label=False))
-            write_png(prep.path("labels", out_name), label)
-            group = _clinicdb_sequence(image_path.stem) if name == "clinicdb" else out_name
-            prep.add(group, out_name)
-            prep.sources_used += 1
-        return prep.finish("image/mask pairs")
+
+    name = "polyp"
+    folder = "polyp_<name>"
+    description = "Resize Kvasir-SEG or CVC-ClinicDB (images/, masks/) to square image/label PNGs"
+    source_help = ("a folder or archive (.zip, .tar.gz, as downloaded) holding images/ and "
+                   "masks/ (JPEG masks are thresholded at 127)")
+    items = "image/mask pairs"
+    val_fraction = 0.2
+    val_help = "share of frames (ClinicDB: video sequences) in the validation split"
+
+    def __init__(self, name: str = "kvasir", size: int = 224):
+        if name not in NAMES:
+            raise UserError(f"--name must be 'kvasir' or 'clinicdb', got {name!r}")
+        super().__init__(name=name, size=size)
+        self.dataset, self.size = name, size
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        parser.add_argument("--name", required=True, choices=NAMES,
+                            help="which data set (CVC-ClinicDB is split by video sequence)")
+        parser.add_argument("--size", type=int, default=224, help="output side (default 224)")
+
+    @classmethod
+    def settings_from(cls, args) -> dict:
+        return {"name": args.name, "size": args.size}
+
+    def folder_name(self, source: Path) -> str:
+        return f"polyp_{self.dataset}"
+
+    def find_items(self, root: Path, run: Preparation) -> list[Path]:
+        folder = folder_with(root, run.source, "images", "masks")
+        self.masks = {p.stem: p for p in (folder / "masks").iterdir()
+                      if p.suffix.lower() in IMAGE_EXTENSIONS}
+        return sorted(p for p in (folder / "images").iterdir()
+                      if p.suffix.lower() in IMAGE_EXTENSIONS)
+
+    def convert_item(self, image_path: Path, run: Preparation) -> Converted:
+        mask_path = self.masks.get(image_path.stem)
+        if mask_path is None:
+            raise SampleProblem(image_path, "missing_mask", "no mask with the same name in "
+                                                            "masks/")
+        image = read_sample_file(image_path, "unreadable_image", _read_bgr)
+        mask = read_sample_file(mask_path, "unreadable_mask", _read_gray)
+        if image.shape[:2] != mask.shape:
+            raise SampleProblem(image_path, "size_mismatch",
+                                f"image {image.shape[1]}x{image.shape[0]} and mask "
+                                f"{mask.shape[1]}x{mask.shape[0]} differ in size")
+        label = (resize_2d(mask, self.size, is_label=False) > 127).astype(np.uint8)
+        if not label.any():
+            raise SampleProblem(mask_path, "empty_mask", "empty mask: every frame must show a "
+                                                         "polyp")
+        out_name = f"{image_path.stem}.png"
+        run.claim(out_name, image_path)
+        write_png(run.path("images", out_name), resize_2d(image, self.size, is_label=False))
+        write_png(run.path("labels", out_name), label)
+        group = _clinicdb_sequence(image_path.stem) if self.dataset == "clinicdb" else out_name
+        return Converted(group=group, samples=[out_name])
+
+
+def prepare_polyp(source: PathLike, output_root: PathLike | None = None, *,
+                  name: str = "kvasir", size: int = 224, val_fraction: float | None = None,
+                  seed: int = 0, strict: bool = False, progress: bool = False
+                  ) -> PreparationReport:
+    """Kvasir-SEG or CVC-ClinicDB to ``<output_root>/polyp_<name>`` (default root
+    ``$DETECTRON2_DATASETS``); see :class:`PolypPreparer`. ``val_fraction`` defaults to 0.2."""
+    preparer = PolypPreparer(name, size)
+    plan = SplitPlan.of(val_fraction, preparer.val_fraction, seed)
+    root = Path(output_root) if output_root is not None else datasets_root()
+    return preparer.prepare(source, root / preparer.folder_name(Path(source)), plan,
+                            strict=strict, progress=progress)

@@ -153,35 +153,3 @@ class SeekableTrainingSampler:
     def infinite_indices(self):
         """The sampler's endless index stream of all ranks, from its start."""
         return self._infinite_indices()
-
-
-class CheckpointerHooks:
-    """Public names for the private loading steps of fvcore's ``Checkpointer`` (under
-    ``DetectionCheckpointer``); a mixin before ``DetectionCheckpointer`` in the bases.
-    Subclasses override ``read_file``, ``load_model_state`` and ``log_incompatible_keys``
-    and call ``super()`` for the default."""
-
-    def _load_file(self, filename: str):
-        return self.read_file(filename)
-
-    def read_file(self, filename: str):
-        """The checkpoint dict stored in ``filename``."""
-        return super()._load_file(filename)
-
-    def _load_model(self, checkpoint):
-        return self.load_model_state(checkpoint)
-
-    def load_model_state(self, checkpoint):
-        """Load ``checkpoint["model"]`` into the model; returns the incompatible keys."""
-        return super()._load_model(checkpoint)
-
-    def _log_incompatible_keys(self, incompatible) -> None:
-        self.log_incompatible_keys(incompatible)
-
-    def log_incompatible_keys(self, incompatible) -> None:
-        """Report missing and unexpected weights after loading."""
-        super()._log_incompatible_keys(incompatible)
-
-    def ndarrays_to_tensors(self, state_dict: dict) -> None:
-        """Turn NumPy arrays in ``state_dict`` into tensors, in place."""
-        self._convert_ndarray_to_tensor(state_dict)

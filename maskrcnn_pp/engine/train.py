@@ -5,6 +5,7 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from ..utils.errors import UserError, exit_on_user_error
+from .checkpoint import last_checkpoint, load_trained_model
 from .config import setup
 from .launch import launch
 from .trainer import NonFiniteLossError, Trainer
@@ -15,10 +16,9 @@ def run(args):
     allow_unsafe_pickle = getattr(args, "allow_unsafe_pickle", False)
     cfg = setup(args)
     if args.eval_only:
-        model = Trainer.build_model(cfg)
-        Trainer.build_checkpointer(cfg, model, allow_unsafe_pickle=allow_unsafe_pickle,
-                                   require_all_weights=True).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume)
+        last = last_checkpoint(cfg.OUTPUT_DIR) if args.resume else ""
+        model = load_trained_model(cfg, last or cfg.MODEL.WEIGHTS,
+                                   allow_unsafe_pickle=allow_unsafe_pickle)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)

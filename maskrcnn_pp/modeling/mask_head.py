@@ -77,9 +77,6 @@ class UNetPPMaskHead(BaseMaskRCNNHead):
             range(1, len(widths)), lambda: self._predictor(widths[0], num_classes),
             loss_weights=loss_weights, config_prefix="MODEL.ROI_MASK_HEAD")
         self.inference_level = self.heads.check_level(inference_level)
-        self.register_load_state_dict_pre_hook(
-            lambda module, state_dict, prefix, *args: module.upgrade_state_dict(state_dict,
-                                                                                prefix))
 
     @staticmethod
     def _predictor(channels: int, num_classes: int) -> nn.Sequential:
@@ -94,8 +91,9 @@ class UNetPPMaskHead(BaseMaskRCNNHead):
     @staticmethod
     def upgrade_state_dict(state_dict: dict, prefix: str) -> None:
         """Rename, in place, the keys of checkpoints written by earlier versions
-        (``predictors.<j-1>.*`` is now ``heads.<j>.*``), so that they still load; called by
-        ``load_state_dict`` and by the project's checkpointer before it checks the fit."""
+        (``predictors.<j-1>.*`` is now ``heads.<j>.*``), so that they still load; the
+        project's checkpointer calls it (``engine.checkpoint.upgrade_earlier_versions``, the
+        one upgrade path) before it checks the fit."""
         for key in [k for k in state_dict if k.startswith(prefix + "predictors.")]:
             rest = key[len(prefix):]
             new = _LEGACY_HEAD_KEY.sub(lambda m: f"heads.{int(m.group(1)) + 1}.", rest, count=1)

@@ -23,7 +23,6 @@ from maskrcnn_pp.engine.checkpoint import (
     UnsafeCheckpointError,
     convert_to_detectron2_resnet,
     is_resnet_state,
-    load_inference_weights,
 )
 from maskrcnn_pp.engine.trainer import Trainer
 from maskrcnn_pp.utils.errors import UserError
@@ -193,11 +192,17 @@ def baseline_weights(tmp_path_factory):
     return folder / "model.pth"
 
 
+def _load_all(model, path):
+    """What load_trained_model does after building the model: every parameter from path."""
+    SafeCheckpointer(model, require_all_weights=True).load(str(path) if path else "",
+                                                           checkpointables=[])
+
+
 def test_inference_refuses_weights_of_the_other_model(baseline_weights):
     model = Trainer.build_model(load_config(QUICK_PP))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(MismatchedCheckpointError) as refused:
-        load_inference_weights(model, str(baseline_weights))
+        _load_all(model, baseline_weights)
     message = str(refused.value)
     assert "does not fit the model" in message and "\n" not in message
     assert "are not in it (backbone." in message and ", ...)" in message
@@ -210,11 +215,11 @@ def test_inference_names_wrong_shapes_and_resume_is_strict_too(baseline_weights,
     with pytest.raises(MismatchedCheckpointError, match=r"have another shape \(roi_heads\.box_"
                                                        r"predictor\.cls_score\.weight: \(2, 256\) "
                                                        r"in the file, \(4, 256\) in the model"):
-        load_inference_weights(model, str(baseline_weights))
+        _load_all(model, baseline_weights)
     with pytest.raises(MismatchedCheckpointError, match="another shape"):
         SafeCheckpointer(model, str(tmp_path)).load(str(baseline_weights))
     with pytest.raises(UserError, match="no weights file given"):
-        load_inference_weights(model, "")
+        _load_all(model, "")
 
 
 def test_initialization_accepts_a_partial_match_and_reports_it(baseline_weights, caplog):

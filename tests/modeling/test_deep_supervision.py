@@ -13,7 +13,8 @@ from detectron2.utils.events import EventStorage
 
 import maskrcnn_pp  # noqa: F401  (registers)
 from maskrcnn_pp.engine import load_config
-from maskrcnn_pp.engine.checkpoint import load_inference_weights
+from maskrcnn_pp.engine.checkpoint import SafeCheckpointer
+from maskrcnn_pp.engine.checkpoint.checkpointer import upgrade_earlier_versions
 from maskrcnn_pp.modeling import ACCURATE, DeepSupervisionHeads, UNet, UNetPlusPlus
 from maskrcnn_pp.modeling.mask_head import UNetPPMaskHead
 from maskrcnn_pp.modeling.semantic import segmentation_loss
@@ -115,6 +116,7 @@ def _legacy(state: dict) -> dict:
 
 
 def test_mask_head_checkpoints_of_the_earlier_layout_load():
+    """The one upgrade path (what the checkpointer runs before loading) renames the keys."""
     old = _mask_head().eval()
     legacy = _legacy(old.state_dict())
     assert any(k.startswith("predictors.0.") for k in legacy)
@@ -122,6 +124,9 @@ def test_mask_head_checkpoints_of_the_earlier_layout_load():
     torch.manual_seed(1)
     for p in new.parameters():
         torch.nn.init.normal_(p)
+    with pytest.raises(RuntimeError, match="predictors.0"):
+        new.load_state_dict(legacy)          # plain torch loading does not upgrade
+    upgrade_earlier_versions(new, legacy)
     new.load_state_dict(legacy)
     x = torch.randn(2, 8, 14, 14)
     with torch.no_grad():
@@ -138,7 +143,8 @@ def test_checkpointer_loads_a_mask_rcnn_pp_file_of_the_earlier_layout(tmp_path):
     torch.save({"model": legacy}, tmp_path / "old.pth")
     torch.manual_seed(1)
     model = build_model(cfg)
-    load_inference_weights(model, str(tmp_path / "old.pth"))
+    SafeCheckpointer(model, require_all_weights=True).load(str(tmp_path / "old.pth"),
+                                                           checkpointables=[])
     for key, value in trained.state_dict().items():
         assert torch.equal(model.state_dict()[key], value), key
 

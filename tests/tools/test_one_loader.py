@@ -17,7 +17,7 @@ CHECKPOINT = PACKAGE / "engine" / "checkpoint"
 TRAINING = {"engine/trainer.py"}
 CHECKPOINTERS = {"SafeCheckpointer", "DetectionCheckpointer", "Checkpointer",
                  "build_checkpointer"}
-CALLERS = {"inference/api.py", "inference/export.py", "studies/evaluation.py",
+CALLERS = {"engine/train.py", "inference/api.py", "inference/export.py", "studies/evaluation.py",
            "studies/demo.py", "studies/pruning.py", "cli/visualize.py"}
 
 

@@ -25,7 +25,7 @@ $(VENV)/.detectron2: tools/install_detectron2.py $(VENV)/.torch
 	touch $@
 
 $(VENV)/.installed: setup.py $(VENV)/.detectron2
-	$(PIP) install --quiet -e ".[dev,export]"
+	$(PIP) install --quiet -e ".[dev,export,wsi]"
 	touch $@
 
 test: setup

@@ -40,9 +40,16 @@ setup(
             ("demo", "demo"), ("prune-report", "prune_report"),
             ("compare-runs", "compare_runs"), ("convert-weights", "convert_weights"),
             ("study", "study"), ("gpu-study", "gpu_study"))]},
-    extras_require={"dev": ["pytest>=7.0", "ruff>=0.4"],
+    extras_require={"dev": ["pytest>=7.0", "ruff>=0.4",
+                            # the slide tests validate OME-Zarr metadata against the spec
+                            "ome-zarr-models>=1.0"],
                     # ONNX export of the networks and ONNX Runtime prediction
                     "export": ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1"],
                     # optional: MONAI's BasicUNetPlusPlus as a speed reference in tools/benchmark.py
-                    "bench": ["monai>=1.3"]},
+                    "bench": ["monai>=1.3"],
+                    # whole slides: tiled TIFF / OME-TIFF as zarr, vendor formats through
+                    # OpenSlide (its library in a wheel), OME-Zarr labels, GeoJSON polygons,
+                    # dask clusters (tools/predict.py SLIDES..., maskrcnn_pp.inference.slide)
+                    "wsi": ["zarr>=3.0", "numcodecs>=0.13", "openslide-python>=1.4",
+                            "openslide-bin>=4.0", "shapely>=2.0", "dask[distributed]>=2024.1"]},
 )

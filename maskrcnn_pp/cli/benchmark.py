@@ -7,6 +7,7 @@
     tools/benchmark.py --group scale --output docs/bench         # post-processing at scale
     tools/benchmark.py --group throughput --doc docs/benchmarks.md   # images/s, AMP on CUDA
     tools/benchmark.py --group train_step --output docs/bench    # CPU study step, fast paths
+    tools/benchmark.py --group slide --output docs/bench         # whole slides, 10k-40k px
 
 Writes ``<group>_<device>.md`` and ``.json`` under --output; prints the table.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -22,7 +22,14 @@ from pathlib import Path
 import torch
 
 from maskrcnn_pp.model_zoo import get_config_file
-from maskrcnn_pp.studies import benchmark, throughput, training_speed
+from maskrcnn_pp.studies import (
+    model_speed,
+    postprocessing_scale,
+    slide_benchmark,
+    throughput,
+    training_speed,
+)
+from maskrcnn_pp.studies.timing import machine_description
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
 from maskrcnn_pp.utils.io import (
     atomic_write_json,
@@ -36,7 +43,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--group", required=True,
                    choices=("mask_rcnn", "semantic", "scale", "export", "throughput",
-                            "train_step"))
+                            "train_step", "slide"))
     p.add_argument("--cases", default="2048:4096,4096:16384,8192:65536",
                    help="scale: SIZE:NUCLEI,... (square nuclei counts)")
     p.add_argument("--tile-size", type=int, default=1024, help="scale: tile side")
@@ -59,16 +66,14 @@ def parse_args(argv=None):
                    help="train_step: threads of the step timing (a study job's)")
     p.add_argument("--no-profile", action="store_true",
                    help="train_step: skip the per-operator profiles")
+    p.add_argument("--slide-sizes", default="10000,20000,40000",
+                   help="slide: sides of the synthetic slides (perfect stand-in model)")
+    p.add_argument("--slide-model-size", type=int, default=2048,
+                   help="slide: side of the slide the real model predicts (0: none)")
     p.add_argument("--output", type=Path, default=Path("docs/bench"))
     p.add_argument("--doc", type=Path, help="throughput: also write the table into this "
                    "Markdown file, between the gpu-check markers")
     return p.parse_args(argv)
-
-
-def machine_description(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(0)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def _progress(message: str) -> None:
@@ -80,10 +85,10 @@ def export_rows(args) -> list:
     if args.device != "cpu":
         raise UserError("--group export measures CPU latency: use --device cpu")
     with tempfile.TemporaryDirectory(prefix="export-bench-") as workdir:
-        groups = benchmark.export_groups(args.pp_config, args.semantic_config, workdir,
+        groups = model_speed.export_groups(args.pp_config, args.semantic_config, workdir,
                                          size=args.size or 256, batch=args.batch or 8)
         return [row for cands in groups
-                for row in benchmark.run_group(cands, device="cpu", repeats=args.repeats,
+                for row in model_speed.run_group(cands, device="cpu", repeats=args.repeats,
                                                memory=False, progress=_progress)]
 
 
@@ -103,21 +108,23 @@ def main(argv=None) -> int:
         return _throughput(args)
     if args.group == "train_step":
         return _train_step(args)
+    if args.group == "slide":
+        return _slide(args)
     if args.group == "mask_rcnn":
-        cands = benchmark.mask_rcnn_group(args.pp_config, args.baseline_config,
+        cands = model_speed.mask_rcnn_group(args.pp_config, args.baseline_config,
                                           size=args.size or 256, batch=args.batch or 2,
                                           device=args.device)
     elif args.group == "semantic":
-        cands = benchmark.semantic_group(size=args.size or 96, batch=args.batch or 8,
+        cands = model_speed.semantic_group(size=args.size or 96, batch=args.batch or 8,
                                          device=args.device)
     if args.group == "export":
         rows = export_rows(args)
     else:
-        rows = benchmark.run_group(cands, device=args.device, repeats=args.repeats,
+        rows = model_speed.run_group(cands, device=args.device, repeats=args.repeats,
                                    memory=not args.no_memory, progress=_progress)
-    table = benchmark.markdown_table(rows)
+    table = model_speed.markdown_table(rows)
     command = "tools/benchmark.py " + " ".join(sys.argv[1:])
-    header = (f"Machine: {machine_description(args.device)}; torch {torch.__version__}; "
+    header = (f"Machine: {machine_description(args.device)}; "
               f"command: `{command}`")
     stem = args.output / f"{args.group}_{args.device.split(':')[0]}"
     atomic_write_text(stem.with_suffix(".md"), header + "\n\n" + table + "\n")
@@ -137,19 +144,42 @@ def _scale(args) -> int:
     rows = []
     for size, count in cases:
         print(f"{size}x{size}, {count} nuclei", file=sys.stderr, flush=True)
-        rows.append(benchmark.run_scale_case(size, count, args.tile_size, args.tile_overlap))
+        rows.append(postprocessing_scale.run_scale_case(size, count, args.tile_size,
+                                                        args.tile_overlap))
     with open("/proc/loadavg") as load:
         load_average = load.read().split()[0]
     command = "tools/benchmark.py " + " ".join(sys.argv[1:])
-    header = (f"Machine: {machine_description('cpu')}, {os.cpu_count()} cores, load average "
+    header = (f"Machine: {machine_description('cpu')}, load average "
               f"{load_average} when it finished; command: `{command}`")
-    table = benchmark.scale_table(rows)
+    table = postprocessing_scale.scale_table(rows)
     stem = args.output / "scale_cpu"
     atomic_write_text(stem.with_suffix(".md"), header + "\n\n" + table + "\n")
     atomic_write_json(stem.with_suffix(".json"), {"command": command, "load": load_average,
                                                   "rows": rows}, indent=2)
     print(header)
     print(table)
+def _slide(args) -> int:
+    """Whole-slide prediction: the perfect model by slide size and workers, the real
+    model's seconds per mm² of tissue, and an overview picture (slide_overview.png)."""
+    try:
+        sizes = [int(v) for v in args.slide_sizes.split(",")]
+    except ValueError:
+        raise UserError(f"--slide-sizes {args.slide_sizes!r}: expected SIDE,...") from None
+    with tempfile.TemporaryDirectory(prefix="slide-bench-") as workdir:
+        rows, model_rows = slide_benchmark.run_slide_benchmark(
+            sizes, Path(workdir), get_config_file("cpu_study/mask_rcnn_pp.yaml")
+            if args.slide_model_size else None, args.slide_model_size,
+            picture=args.output / "slide_overview.png", progress=_progress)
+    command = "tools/benchmark.py " + " ".join(sys.argv[1:])
+    text = (f"Machine: {machine_description('cpu')}; command: "
+            f"`{command}`\n\n{slide_benchmark.slide_table(rows, model_rows)}")
+    atomic_write_text(args.output / "slide_cpu.md", text + "\n")
+    atomic_write_json(args.output / "slide_cpu.json", {"command": command, "rows": rows,
+                                                       "model_rows": model_rows}, indent=2)
+    print(text)
+    return 0
+
+
 def _train_step(args) -> int:
     """The real training step with Detectron2's paths vs the fast paths (interleaved), the
     machine's training throughput under the old and new study settings, and profiles."""
@@ -171,7 +201,7 @@ def _train_step(args) -> int:
         for config in args.train_configs for fast in (False, True)]
     command = "tools/benchmark.py " + " ".join(sys.argv[1:])
     text = "\n\n".join([
-        f"Machine: {machine_description('cpu')}, {cores} cores; torch {torch.__version__}; "
+        f"Machine: {machine_description('cpu')}; "
         f"command: `{command}`",
         "Training step (median s/step, interleaved rounds; losses of the same steps compared):",
         training_speed.step_table(steps),
@@ -194,7 +224,7 @@ def _throughput(args) -> int:
         size=args.size or 512, batch=args.batch or 8, device=args.device, steps=args.repeats,
         progress=lambda m: print(m, file=sys.stderr, flush=True))
     command = "tools/benchmark.py " + " ".join(sys.argv[1:])
-    text = (f"Machine: {machine_description(args.device)}; torch {torch.__version__}; "
+    text = (f"Machine: {machine_description(args.device)}; "
             f"{rows[0]['size']}x{rows[0]['size']} synthetic nuclei, batch {rows[0]['batch']}, "
             f"AMP {'on' if rows[0]['amp'] and args.device.startswith('cuda') else 'off'}; "
             f"command: `{command}`\n\n{throughput.throughput_markdown(rows)}")

@@ -19,6 +19,7 @@ level and the region, so a caller can skip that part of the slide and list it.
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 import xml.etree.ElementTree as ElementTree
@@ -48,12 +49,16 @@ _OME_UNITS_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "c
                  "m": 1e6, "Å": 1e-4, "pm": 1e-6}
 # Micrometres per TIFF ResolutionUnit (2: inch, 3: centimetre; 1 means no unit).
 _TIFF_UNITS_UM = {2: 25400.0, 3: 10000.0}
-# Source pixels read at once when a thumbnail is made from a large level.
+# Source pixels read at once when a thumbnail is made from a large level, and read again in
+# pieces this small around a tile that cannot be decoded.
 _THUMBNAIL_READ_SIDE = 4096
+_RETRY_SIDE = 256
 # Pixel types cv2.resize takes as they are; others are resized as float32.
 _RESIZABLE = (np.uint8, np.uint16, np.int16, np.float32, np.float64)
 # Errors a decoder raises for a damaged tile (imagecodecs' errors are RuntimeErrors).
 _DECODE_ERRORS = (RuntimeError, ValueError, OSError, EOFError)
+
+logger = logging.getLogger(__name__)
 
 
 class SlideRegionError(UserError):
@@ -114,7 +119,8 @@ class Slide(ABC):
         """The slide shrunk so that its longer side is at most ``max_side``, and the
         level-0 pixels per thumbnail pixel. It is made from the smallest level at least
         that large, read in pieces of at most :data:`_THUMBNAIL_READ_SIDE` squared, so
-        memory stays bounded even for a slide without a pyramid."""
+        memory stays bounded even for a slide without a pyramid; tiles that cannot be
+        decoded stay 0 (:meth:`_read_readable`)."""
         height0, width0 = self.shape
         downsample = max(1.0, max(height0, width0) / max_side)
         out_h, out_w = max(1, round(height0 / downsample)), max(1, round(width0 / downsample))
@@ -132,10 +138,29 @@ class Slide(ABC):
                                                            source.height)
                 left, right = int(cols[0] * factor_x), min(math.ceil(cols[1] * factor_x),
                                                            source.width)
-                region = self.read_region(level, top, left, bottom - top, right - left)
+                region = self._read_readable(level, top, left, bottom - top, right - left)
                 out[rows[0]:rows[1], cols[0]:cols[1]] = resize(
                     region, rows[1] - rows[0], cols[1] - cols[0])
         return out, height0 / out_h
+
+    def _read_readable(self, level: int, top: int, left: int, height: int, width: int
+                       ) -> np.ndarray:
+        """:meth:`read_region`, with the parts that cannot be decoded left at 0 (read again
+        in pieces of :data:`_RETRY_SIDE` to find them) and a warning naming them."""
+        try:
+            return self.read_region(level, top, left, height, width)
+        except SlideRegionError:
+            pass
+        out = np.zeros((height, width, self.channels), self.dtype)
+        for row in range(0, height, _RETRY_SIDE):
+            for col in range(0, width, _RETRY_SIDE):
+                size = (min(_RETRY_SIDE, height - row), min(_RETRY_SIDE, width - col))
+                try:
+                    out[row:row + size[0], col:col + size[1]] = self.read_region(
+                        level, top + row, left + col, *size)
+                except SlideRegionError as err:
+                    logger.warning("thumbnail left blank where %s", err)
+        return out
 
     def describe(self) -> dict[str, Any]:
         """What a prediction records about the slide (JSON values)."""

@@ -146,3 +146,10 @@ class Predictor(ABC):
 
     def __call__(self, image: np.ndarray, channel: Optional[int] = None) -> Any:
         return self.run(self.prepare(image, channel))
+
+    def predict_slide(self, path: PathLike, output_dir: PathLike, **options: Any) -> Any:
+        """Predict a whole slide block by block into ``output_dir``
+        (:func:`maskrcnn_pp.inference.slide.predict_slide`, which lists the options)."""
+        from .slide import predict_slide
+
+        return predict_slide(self, path, output_dir, **options)

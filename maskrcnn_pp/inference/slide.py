@@ -568,8 +568,8 @@ def predict_slide(predictor: PredictorOrLoader, path: PathLike, output_dir: Path
                 coco=coco, overview=overview, resume=resume, overwrite=overwrite,
                 strict=strict, client=own_client, progress=progress,
                 worker_threads=worker_threads or max(1, (os.cpu_count() or 1) // workers))
-    folder = check_output_dir(output_dir, "output folder")
     with open_slide(path, backend) as slide:
+        folder = check_output_dir(output_dir, "output folder")
         return _predict_open_slide(
             local, predictor, slide, folder, metadata=metadata, block_size=block_size,
             margin=margin, tissue_mask=tissue_mask, slide_pixel_size_um=slide_pixel_size_um,

@@ -29,8 +29,8 @@ from ..model_zoo import get_config_file
 from ..utils.errors import UserError
 from ..utils.io import replace_between_markers
 from .description import load_spec
-from .report import machine_description
 from .study import run_study
+from .timing import machine_description
 
 __all__ = ["MARKERS", "STUDIES", "run_gpu_study"]
 

@@ -10,23 +10,13 @@ COCO AP the bootstrap distribution, with the interval).
 from __future__ import annotations
 
 import io
-import os
-import platform
 
 import numpy as np
-import torch
 
-__all__ = ["machine_description", "study_markdown", "point_figure", "curve_figure",
+__all__ = ["study_markdown", "point_figure", "curve_figure",
            "KEY_METRICS"]
 
 KEY_METRICS = ("segm_AP", "bbox_AP", "dsb_map", "aji", "dice", "f1_50", "IoU", "Dice")
-
-
-def machine_description() -> str:
-    """The machine a study ran on, in words (CPU cores, GPU name, torch version)."""
-    gpu = (f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU")
-    return (f"{platform.machine()} CPU, {os.cpu_count()} cores, {gpu}; "
-            f"torch {torch.__version__}, Python {platform.python_version()}")
 
 
 def _fmt(value: float | None, signed: bool = False) -> str:

@@ -2,9 +2,9 @@
 
 A synthetic slide is written as a pyramidal OME-TIFF (tiled, compressed, with its pixel
 size) tile by tile, never whole in memory: mostly background, with square tissue regions
-filled with separate nuclei (:func:`~maskrcnn_pp.studies.benchmark.nuclei_grid_image`).
+filled with separate nuclei (:func:`~maskrcnn_pp.studies.postprocessing_scale.nuclei_grid_image`).
 :func:`slide_case` predicts it with the perfect stand-in model of the scale benchmark
-(:class:`~maskrcnn_pp.studies.benchmark.PerfectNucleiModel`), in a fresh process that
+(:class:`~maskrcnn_pp.studies.postprocessing_scale.PerfectNucleiModel`), in a fresh process that
 reports its time and peak memory; :func:`model_case` runs a real Mask R-CNN++ the same way.
 """
 from __future__ import annotations
@@ -24,11 +24,12 @@ import tifffile
 
 from ..inference.instance import InstancePredictor
 from ..inference.slide import predict_slide
-from .benchmark import PerfectNucleiModel, _status_kib, nuclei_grid_image
+from .postprocessing_scale import PerfectNucleiModel, nuclei_grid_image
+from .timing import status_kib
 
 __all__ = ["SyntheticSlide", "write_synthetic_slide", "perfect_predictor", "slide_case",
            "run_slide_case", "model_case", "run_model_case", "slide_table",
-           "PUBLISHED_THROUGHPUT"]
+           "run_slide_benchmark", "PUBLISHED_THROUGHPUT"]
 
 # Nuclei grid spacing inside tissue (pixels): discs of radius 5..9 on a jittered grid.
 NUCLEUS_SPACING = 32
@@ -140,7 +141,7 @@ def perfect_predictor(tile_size: int = 1024, overlap: int = 128) -> InstancePred
 
 def _peak_rss_mib_since_reset() -> tuple[float, float]:
     """(peak RSS, current RSS) in MiB since the high-water mark was last reset."""
-    return _status_kib("VmHWM") / 1024, _status_kib("VmRSS") / 1024
+    return status_kib("VmHWM") / 1024, status_kib("VmRSS") / 1024
 
 
 def _reset_peak_rss() -> None:
@@ -194,10 +195,11 @@ def run_slide_case(slide_path: str, slide_size: int, block_size: int = 4096,
 
 def model_case(config_file: str, size: int = 2048, block_size: int = 1024,
                threads: Optional[int] = None) -> dict:
-    """Seconds per mm² of tissue of an untrained Mask R-CNN++ of ``config_file`` on the CPU
-    predicting a synthetic slide at 0.5 µm/pixel (``INPUT.PIXEL_SIZE_UM`` 0.5, so no
-    resampling). Untrained weights cost what trained ones do: the detector keeps its
-    ``TEST.DETECTIONS_PER_IMAGE`` per tile either way."""
+    """Seconds per mm² of an untrained Mask R-CNN++ of ``config_file`` on the CPU predicting
+    every block of a synthetic slide at 0.5 µm/pixel (``INPUT.PIXEL_SIZE_UM`` 0.5, so no
+    resampling; tissue mask off, so the whole slide counts as tissue). Untrained weights
+    cost what trained ones do: the detector keeps its ``TEST.DETECTIONS_PER_IMAGE`` per
+    tile either way."""
     import torch
     from detectron2.modeling import build_model
 
@@ -217,11 +219,11 @@ def model_case(config_file: str, size: int = 2048, block_size: int = 1024,
         _reset_peak_rss()
         start = time.perf_counter()
         run = predict_slide(predictor, slide_path, Path(workdir) / "out",
-                            block_size=block_size, progress=False, overview=False)
+                            block_size=block_size, tissue_mask=False, progress=False,
+                            overview=False)
         seconds = time.perf_counter() - start
         peak, _ = _peak_rss_mib_since_reset()
-    layout = SyntheticSlide.layout(size)
-    tissue_mm2 = layout.tissue_pixels * 0.5 ** 2 / 1e6
+    tissue_mm2 = size * size * 0.5 ** 2 / 1e6
     return {"config": config_file, "size": size, "tissue_mm2": tissue_mm2,
             "blocks_run": run.tissue_blocks, "seconds": seconds,
             "s_per_mm2": seconds / tissue_mm2, "detections": run.instances,
@@ -254,3 +256,32 @@ def slide_table(rows: list[dict], model_rows: list[dict]) -> str:
     lines += ["", "| published (not measured here) | throughput |", "|---|---|"]
     lines += [f"| {name} | {figure} |" for name, figure in PUBLISHED_THROUGHPUT]
     return "\n".join(lines)
+
+
+def run_slide_benchmark(sizes: list[int], workdir: Path, model_config: Optional[str],
+                        model_size: int = 2048, block_size: int = 4096,
+                        picture: Optional[Path] = None, progress=print
+                        ) -> tuple[list[dict], list[dict]]:
+    """The perfect model at each slide size (1 worker), 2 workers against 1 at the
+    smallest size, and ``model_config``'s untrained model on a ``model_size`` slide; with
+    ``picture``, the overview of a 4096-pixel slide's prediction is copied there."""
+    rows = []
+    for size in sizes:
+        path = Path(workdir) / f"slide_{size}.ome.tif"
+        progress(f"writing a {size} x {size} synthetic slide")
+        write_synthetic_slide(path, size)
+        for workers in ((None, 2) if size == min(sizes) else (None,)):
+            progress(f"{size} x {size}, {workers or 1} worker(s)")
+            rows.append(run_slide_case(str(path), size, block_size, workers))
+        path.unlink()
+    model_rows = []
+    if model_config:
+        progress(f"untrained {model_config} on a {model_size} x {model_size} slide")
+        model_rows.append(run_model_case(model_config, model_size))
+    if picture is not None:
+        path = Path(workdir) / "picture.ome.tif"
+        write_synthetic_slide(path, 4096)
+        predict_slide(perfect_predictor(), path, Path(workdir) / "picture", block_size=1024,
+                      progress=False)
+        picture.write_bytes((Path(workdir) / "picture" / "overview.png").read_bytes())
+    return rows, model_rows

@@ -25,8 +25,9 @@ from ..utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .bootstrap import comparisons_of, summarize
 from .description import StudySpec, load_spec
 from .evaluation import EvalPoint, RunEval, evaluate_run, load_run_eval
-from .report import KEY_METRICS, curve_figure, machine_description, point_figure, study_markdown
+from .report import KEY_METRICS, curve_figure, point_figure, study_markdown
 from .runs import Run, check_run_config, plan_runs, train_runs
+from .timing import machine_description
 
 __all__ = ["StudySpec", "load_spec", "run_study", "evaluate_study"]
 

@@ -4,14 +4,13 @@ The GPU question is "how many images per second at realistic settings", so the t
 step is the project's own (``CheckedAMPTrainer`` with AMP on CUDA, as ``Trainer`` picks it;
 ``CheckedSimpleTrainer`` elsewhere) fed the same batch of synthetic nuclei crops over and
 over, and inference is the model in eval mode on that batch. The two models are timed
-interleaved, as in :mod:`maskrcnn_pp.studies.benchmark`. ``make gpu-check`` writes the
+interleaved by the loop of :mod:`maskrcnn_pp.studies.timing`. ``make gpu-check`` writes the
 table into docs/benchmarks.md between :data:`MARKERS`.
 """
 from __future__ import annotations
 
 import itertools
 import statistics
-import time
 
 import torch
 from detectron2.modeling import build_model
@@ -21,7 +20,8 @@ from ..engine.config import load_config
 from ..engine.optim import build_optimizer
 from ..engine.trainer import CheckedAMPTrainer, CheckedSimpleTrainer
 from ..utils.errors import UserError
-from .benchmark import _nuclei_batch, _sync
+from .model_speed import nuclei_batch
+from .timing import interleaved_times, machine_description
 
 __all__ = ["MARKERS", "measure_throughput", "throughput_markdown"]
 
@@ -32,7 +32,7 @@ def _candidate(config_file: str, size: int, batch: int, device: str, amp: bool):
     torch.manual_seed(0)
     cfg = load_config(config_file, ["MODEL.DEVICE", device, "SOLVER.AMP.ENABLED", str(amp)])
     model = build_model(cfg)
-    inputs = _nuclei_batch(size, batch, device)
+    inputs = nuclei_batch(size, batch, device)
     trainer_class = CheckedAMPTrainer if amp and device.startswith("cuda") else CheckedSimpleTrainer
     trainer = trainer_class(model, itertools.repeat(inputs), build_optimizer(cfg, model))
     trainer.iter = 0        # named by the non-finite-loss check
@@ -60,22 +60,15 @@ def measure_throughput(configs: dict[str, str], size: int = 512, batch: int = 8,
     for name, config in configs.items():
         progress(f"building {name}")
         built[name] = _candidate(config, size, batch, device, amp)
-    times: dict[str, dict[str, list[float]]] = {n: {"train": [], "infer": []} for n in built}
+    calls = {(name, kind): functions[index] for kind, index in (("train", 0), ("infer", 1))
+             for name, functions in built.items()}
     with EventStorage():
-        for step in range(warmup + steps):
-            progress(f"round {step + 1}/{warmup + steps}")
-            for kind, index in (("train", 0), ("infer", 1)):
-                for name, functions in built.items():
-                    _sync(device)
-                    start = time.perf_counter()
-                    functions[index]()
-                    _sync(device)
-                    if step >= warmup:
-                        times[name][kind].append(time.perf_counter() - start)
-    return [{"model": name, "train_images_per_s": batch / statistics.median(t["train"]),
-             "infer_images_per_s": batch / statistics.median(t["infer"]),
-             "size": size, "batch": batch, "amp": amp, "device": device}
-            for name, t in times.items()]
+        times = interleaved_times(calls, steps, warmup, device, progress)
+    return [{"model": name, "train_images_per_s": batch / statistics.median(times[name, "train"]),
+             "infer_images_per_s": batch / statistics.median(times[name, "infer"]),
+             "size": size, "batch": batch, "amp": amp, "device": device,
+             "machine": machine_description(device)}
+            for name in built]
 
 
 def throughput_markdown(rows: list[dict]) -> str:

@@ -15,7 +15,6 @@ Two measurements, each side by side in one run:
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import random
 import statistics
@@ -32,6 +31,7 @@ from detectron2.utils.events import EventStorage
 from .. import compat
 from ..engine.config import load_config
 from ..engine.trainer import Trainer
+from .timing import interleaved_times, run_spawned
 
 __all__ = ["SteppingTrainer", "step_times", "machine_throughput", "profile_steps",
            "step_table", "throughput_table", "profile_table"]
@@ -92,21 +92,16 @@ def step_times(config_file: str, opts: list[str] = (), rounds: int = 6, steps: i
                warmup_rounds: int = 1, threads: int = 1,
                progress: Callable[[str], None] = print) -> dict:
     """Median seconds per training step with Detectron2's paths and with the fast paths
-    (``rounds`` interleaved rounds of ``steps`` steps each, the first ``warmup_rounds``
-    discarded), and the largest relative difference of their losses."""
+    (``rounds`` x ``steps`` steps of each, interleaved step by step; the first
+    ``warmup_rounds`` x ``steps`` discarded), and how far their losses are apart."""
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="train-step-") as workdir:
         trainers = {}
         for name, fast in (("detectron2 paths", False), ("fast paths", True)):
             progress(f"building {config_file} with {name}")
             trainers[name] = SteppingTrainer(config_file, list(opts), fast, f"{workdir}/{name}")
-        times: dict[str, list[float]] = {name: [] for name in trainers}
-        for round_ in range(rounds):
-            progress(f"round {round_ + 1}/{rounds}")
-            for name, trainer in trainers.items():
-                elapsed = [trainer.step() for _ in range(steps)]
-                if round_ >= warmup_rounds:
-                    times[name].extend(elapsed)
+        times = interleaved_times({name: t.step for name, t in trainers.items()},
+                                  (rounds - warmup_rounds) * steps, warmup_rounds * steps)
     old, new = (trainers[n].losses for n in trainers)
     first = max(abs(old[0][k] - new[0][k]) / max(abs(old[0][k]), 1e-8) for k in old[0])
     medians = {name: statistics.median(values) for name, values in times.items()}
@@ -128,37 +123,27 @@ def _shown(config_file: str) -> str:
         return str(config_file)
 
 
-def _throughput_worker(config_file: str, opts: list[str], fast_paths: bool, threads: int,
-                       warmup: int, steps: int, start_event, queue) -> None:
+def _throughput_job(config_file: str, opts: list[str], fast_paths: bool, threads: int,
+                    warmup: int, steps: int, *, barrier) -> tuple[float, int]:
+    """One training job of :func:`machine_throughput`: (steps per second, its PID)."""
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="throughput-") as workdir:
         trainer = SteppingTrainer(config_file, opts, fast_paths, workdir)
         for _ in range(warmup):
             trainer.step()
-        start_event.wait()
+        barrier.wait()
         start = time.perf_counter()
         for _ in range(steps):
             trainer.step()
-        queue.put((steps / (time.perf_counter() - start), os.getpid()))
+        return steps / (time.perf_counter() - start), os.getpid()
 
 
 def machine_throughput(config_file: str, jobs: int, threads: int, fast_paths: bool,
                        opts: list[str] = (), warmup: int = 3, steps: int = 20) -> dict:
     """Iterations per second of the machine with ``jobs`` trainings side by side (fresh
     processes, ``threads`` threads each), all timed over the same interval."""
-    ctx = mp.get_context("spawn")
-    queue, start_event = ctx.Queue(), ctx.Event()
-    workers = [ctx.Process(target=_throughput_worker,
-                           args=(config_file, list(opts), fast_paths, threads, warmup, steps,
-                                 start_event, queue))
-               for _ in range(jobs)]
-    for worker in workers:
-        worker.start()
-    time.sleep(1)
-    start_event.set()
-    results = [queue.get(timeout=3600) for _ in workers]
-    for worker in workers:
-        worker.join()
+    results = run_spawned(_throughput_job, [(config_file, list(opts), fast_paths, threads,
+                                             warmup, steps)] * jobs, together=True)
     rates = [rate for rate, _ in results]
     return {"config": _shown(config_file), "jobs": jobs, "threads": threads,
             "fast_paths": fast_paths,

@@ -7,7 +7,7 @@ from pycocotools import mask as mask_util
 from maskrcnn_pp.inference import InstancePredictor, InstanceResult, crop_rle, tile_windows
 from maskrcnn_pp.inference.overlay import draw_label_overlay
 from maskrcnn_pp.inference.tiling import Detection, merge_tiles
-from maskrcnn_pp.studies import benchmark
+from maskrcnn_pp.studies import postprocessing_scale as benchmark
 
 
 @pytest.mark.parametrize("shape, top, left, height, width", [

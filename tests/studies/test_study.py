@@ -326,31 +326,3 @@ def test_tiny_study_survives_a_kill_and_reports_learning_curves(tmp_path):
     assert changed.returncode == 2 and "Traceback" not in changed.stderr
     last = changed.stderr.strip().splitlines()[-1]
     assert "config.yaml differs" in last and "SOLVER.BASE_LR" in last
-
-
-# --------------------------------------------------------------------------- throughput
-
-
-def test_throughput_rows_and_the_marked_block_of_a_document(tmp_path):
-    from maskrcnn_pp.studies.throughput import MARKERS, measure_throughput, throughput_markdown
-    from maskrcnn_pp.utils.io import replace_between_markers
-
-    rows = measure_throughput({"pp": str(QUICK / "mask_rcnn_pp_synthetic.yaml")}, size=64,
-                              batch=2, device="cpu", steps=1, warmup=0, progress=lambda m: None)
-    assert rows[0]["train_images_per_s"] > 0 and rows[0]["infer_images_per_s"] > 0
-    doc = tmp_path / "benchmarks.md"
-    doc.write_text(f"# B\n\nbefore\n\n{MARKERS[0]}\nold numbers\n{MARKERS[1]}\n\nafter\n")
-    replace_between_markers(doc, throughput_markdown(rows), MARKERS)
-    replace_between_markers(doc, "GPU: X\n\n" + throughput_markdown(rows), MARKERS)
-    text = doc.read_text()
-    assert text.count(MARKERS[0]) == 1 and "old numbers" not in text
-    assert text.startswith("# B\n\nbefore\n") and text.endswith("\n\nafter\n")
-    assert "GPU: X" in text and "| pp | " in text
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
-def test_throughput_on_cuda_without_cuda_is_one_clear_error():
-    from maskrcnn_pp.studies.throughput import measure_throughput
-
-    with pytest.raises(UserError, match="no CUDA device"):
-        measure_throughput({"pp": str(QUICK / "mask_rcnn_pp_synthetic.yaml")}, device="cuda")

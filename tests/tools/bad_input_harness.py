@@ -75,7 +75,7 @@ def serve() -> None:
     import maskrcnn_pp.data.prepare  # noqa: F401
     import maskrcnn_pp.engine.train  # noqa: F401
     import maskrcnn_pp.evaluation.visualization  # noqa: F401
-    import maskrcnn_pp.studies.benchmark  # noqa: F401
+    import maskrcnn_pp.studies.model_speed  # noqa: F401
 
     print("ready", flush=True)
     for line in sys.stdin:

@@ -441,6 +441,32 @@ CASES = [
          lambda f, w: [*_predict()(f, w)[:-2], "--output", _earlier_prediction(w)],
          lambda f, w: f"{w / 'p'} holds an earlier prediction (results.jsonl); --resume "
                       "continues it, --overwrite replaces it", ("p/run.json", "p/labels/*")),
+    # whole slides (issue 21); slide files from tests/inference/test_slide_fixtures.py
+    Case(PRED, "predict_slide_not_a_slide",
+         _predict(inputs=lambda f, w: [_slides().not_a_slide(w)]),
+         "notes.svs: is not a slide OpenSlide can read", NO_PREDICTIONS),
+    Case(PRED, "predict_slide_without_pixel_size",
+         _predict(inputs=lambda f, w: [_slides().slide_without_pixel_size(w),
+                                       "INPUT.PIXEL_SIZE_UM", "0.5"]),
+         "nosize.tif: the slide does not say its pixel size",
+         ("p/*/slide.json", "p/*/nuclei.geojson", "p/*/nuclei.csv")),
+    Case(PRED, "predict_slide_corrupt_tile_strict",
+         _predict("--strict", "--block-size", "256", inputs=lambda f, w: [_corrupt_slide(w)]),
+         "cannot be decoded (DeflateError",
+         ("p/*/slide.json", "p/*/nuclei.geojson", "p/*/nuclei.csv"), noisy=True),
+    Case(PRED, "predict_slide_output_read_only",
+         lambda f, w: ["--config-file", QUICK_PP, "--weights", f.weights["pp"],
+                       _slides().slide_without_pixel_size(w), "--output", f.read_only / "p"],
+         lambda f, w: f"--output {f.read_only / 'p'}: cannot be created"),
+    Case(PRED, "predict_slide_and_images_mixed",
+         _predict(inputs=lambda f, w: [_slides().slide_without_pixel_size(w),
+                                       f.images / "1.png"]),
+         "the inputs mix whole slides (nosize.tif) and images (1.png)", NO_PREDICTIONS),
+    Case(PRED, "predict_slide_workers_zero",
+         _predict("--workers", "0",
+                  inputs=lambda f, w: [_slides().slide_without_pixel_size(w)]),
+         "--workers must be at least 1, got 0",
+         ("p/*/slide.json", "p/*/nuclei.geojson", "p/*/nuclei.csv")),
     # ---- export_model
     Case(EXPORT, "export_into_an_earlier_export",
          lambda f, w: ["--config-file", QUICK_PP, "--weights", f.weights["pp"], "--format",
@@ -448,6 +474,21 @@ CASES = [
          lambda f, w: f"{w / 'e'} holds an earlier torchscript export (model.ts); "
                       "--overwrite replaces it", ("e/model.ts.json",), fresh=True),
 ]
+
+
+def _slides():
+    """The slide file makers of the slide tests."""
+    from tests.inference import test_slide_fixtures
+
+    return test_slide_fixtures
+
+
+def _corrupt_slide(w: Path) -> Path:
+    """A small synthetic slide whose second level-0 tile (in the first block's context)
+    cannot be decoded."""
+    path, _ = _slides().synthetic_slide(w, 600)
+    _slides().corrupt_tile(path, 1)
+    return path
 
 
 def _label_copy(f: SimpleNamespace, w: Path) -> Path:

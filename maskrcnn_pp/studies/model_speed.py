@@ -1,40 +1,38 @@
-"""Side-by-side speed, size and memory of the models (``tools/benchmark.py``).
+"""Side-by-side speed, size and memory of the models (``tools/benchmark.py --group
+mask_rcnn / semantic / export``).
 
-Candidates in one group are measured interleaved (A, B, A, B, ...) in one process, so a
-busy machine slows them alike; the report gives medians and ratios to the group's
-reference. Peak memory is measured per candidate in a fresh process (CPU: peak RSS
-growth during training steps; CUDA: ``max_memory_allocated``).
-
-The scale cases time instance post-processing alone (tiling, seam merge, label image, RLE)
-on huge synthetic images with a perfect model (each connected bright region of a tile is
-one nucleus), each in a fresh process that also reports its peak memory.
+Candidates in one group are timed by the one interleaved loop of :mod:`.timing`, so a busy
+machine slows them alike; the report gives medians and ratios to the group's reference.
+Peak memory is measured per candidate in a fresh process (CPU: peak RSS growth during
+training steps; CUDA: ``max_memory_allocated``).
 """
 from __future__ import annotations
 
 import copy
 import importlib.util
-import multiprocessing as mp
 import statistics
-import time
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Dict, List, Optional
 
-import cv2
 import numpy as np
 import torch
 from detectron2.modeling import build_model
-from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.structures import BitMasks, Instances
 from detectron2.utils.events import EventStorage
 
 from ..data.synthetic import SyntheticNucleiSpec, render_image
 from ..engine.config import load_config
 from ..modeling.deep_supervision import ACCURATE
 from ..modeling.semantic import UNet, UNetPlusPlus, deep_supervision_losses
+from .timing import interleaved_times, peak_rss_growth_mib, reset_peak_rss, run_spawned, sync
 
-__all__ = ["Candidate", "mask_rcnn_group", "semantic_group", "export_groups", "run_group",
-           "markdown_table", "nuclei_grid_image", "PerfectNucleiModel", "scale_case",
-           "run_scale_case", "scale_table"]
+__all__ = ["Candidate", "nuclei_batch", "mask_rcnn_group", "semantic_group", "export_groups",
+           "run_group", "markdown_table"]
+
+# Whose network a semantic candidate is: this project's (its ``predict(x, level)`` and
+# ``parameter_count(level)``) or MONAI's (a list of outputs with deep supervision).
+OWN, MONAI = "maskrcnn_pp", "monai"
 
 
 @dataclass
@@ -56,12 +54,7 @@ class BuiltCandidate:
     extra: Dict[str, float] = field(default_factory=dict)
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _nuclei_batch(size: int, batch: int, device: str) -> List[dict]:
+def nuclei_batch(size: int, batch: int, device: str) -> List[dict]:
     """Detectron2 inputs from the synthetic generator: realistic nuclei counts and masks."""
     spec = SyntheticNucleiSpec(size=size, max_nuclei=max(12, size * size // 1000))
     rng = np.random.default_rng(0)
@@ -88,7 +81,7 @@ def _build_mask_rcnn(config_file: str, size: int, batch: int, device: str,
     cfg = load_config(config_file, ["MODEL.DEVICE", device])
     model = build_model(cfg)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    inputs = _nuclei_batch(size, batch, device)
+    inputs = nuclei_batch(size, batch, device)
     test_inputs = [{k: v for k, v in d.items() if k != "instances"} for d in inputs[:1]]
 
     def train_step():
@@ -134,7 +127,7 @@ def mask_rcnn_group(pp_config: str, baseline_config: str, size: int = 256, batch
             Candidate("Mask R-CNN++", partial(_build_mask_rcnn, pp_config, size, batch, device))]
 
 
-def _build_semantic(make: Callable[[], torch.nn.Module], level: int, size: int,
+def _build_semantic(make: Callable[[], torch.nn.Module], kind: str, level: int, size: int,
                     batch: int, device: str, dims: int = 2, flops: bool = True
                     ) -> BuiltCandidate:
     from fvcore.nn import FlopCountAnalysis
@@ -147,7 +140,7 @@ def _build_semantic(make: Callable[[], torch.nn.Module], level: int, size: int,
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
 
     def outputs(inp):
-        if hasattr(model, "predict"):
+        if kind == OWN:
             return model(inp)
         out = model(inp)  # MONAI returns a list with deep supervision, else a tensor
         return out if isinstance(out, (list, tuple)) else [out]
@@ -160,7 +153,7 @@ def _build_semantic(make: Callable[[], torch.nn.Module], level: int, size: int,
         optimizer.step()
 
     def predict(inp):
-        if hasattr(model, "predict"):
+        if kind == OWN:
             return model.predict(inp, level)
         return torch.sigmoid(outputs(inp)[-1])
 
@@ -183,7 +176,7 @@ def _build_semantic(make: Callable[[], torch.nn.Module], level: int, size: int,
         analysis = FlopCountAnalysis(_Predict(), (x[:1],))
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         total = analysis.total()
-    params = (model.parameter_count(level) if hasattr(model, "parameter_count")
+    params = (model.parameter_count(level) if kind == OWN
               else sum(p.numel() for p in model.parameters()))
     return BuiltCandidate(model, train_step, infer, params, total)
 
@@ -205,8 +198,8 @@ def _monai_unetpp() -> torch.nn.Module:
 def semantic_group(size: int = 96, batch: int = 8, device: str = "cpu",
                    with_monai: bool = True) -> List[Candidate]:
     """UNet++ (accurate and L1..L4), U-Net, wide U-Net, and MONAI's BasicUNetPlusPlus."""
-    def semantic(make, level):
-        return partial(_build_semantic, make, level, size, batch, device)
+    def semantic(make, level, kind=OWN):
+        return partial(_build_semantic, make, kind, level, size, batch, device)
 
     cands = [Candidate("UNet++ L4 (fast mode)", semantic(UNetPlusPlus, 4), reference=True)]
     cands += [Candidate(f"UNet++ L{j} (fast mode)", semantic(UNetPlusPlus, j))
@@ -216,7 +209,7 @@ def semantic_group(size: int = 96, batch: int = 8, device: str = "cpu",
               Candidate("wide U-Net", semantic(_wide_unet, ACCURATE))]
     if with_monai and importlib.util.find_spec("monai") is not None:
         cands.append(Candidate("MONAI BasicUNetPlusPlus (same widths)",
-                               semantic(_monai_unetpp, ACCURATE)))
+                               semantic(_monai_unetpp, ACCURATE, MONAI)))
     return cands
 
 
@@ -289,45 +282,25 @@ def export_groups(pp_config: str, semantic_config: str, workdir: str, size: int 
             _mask_rcnn_export_group(pp_config, workdir, size)]
 
 
-def _status_kib(field_name: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    raise KeyError(field_name)
-
-
-def _peak_memory_worker(build: Callable, device: str, steps: int, queue) -> None:
-    """Peak memory growth over the training steps (CPU: peak RSS above the RSS before).
-
-    The RSS high-water mark is reset first (``/proc/self/clear_refs``): a spawned process
-    inherits its parent's, which after the timing rounds is far above its own.
-    """
+def _peak_train_memory(build: Callable, device: str, steps: int) -> float:
+    """Peak memory growth over the training steps (CPU: peak RSS above the RSS before,
+    the high-water mark reset first; CUDA: ``max_memory_allocated``), in MiB."""
     built = build(flops=False)  # tracing would raise the peak before the steps run
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     else:
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")
-        before = _status_kib("VmRSS")
+        before = reset_peak_rss()
     for _ in range(steps):
         built.train_step()
-    _sync(device)
+    sync(device)
     if device.startswith("cuda"):
-        queue.put(torch.cuda.max_memory_allocated() / 2**20)
-    else:
-        queue.put((_status_kib("VmHWM") - before) / 1024)
+        return torch.cuda.max_memory_allocated() / 2**20
+    return peak_rss_growth_mib(before)
 
 
 def peak_train_memory_mib(candidate: Candidate, device: str, steps: int = 2) -> float:
-    """Peak memory of training steps, measured in a fresh process (spawned)."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_peak_memory_worker, args=(candidate.build, device, steps, queue))
-    proc.start()
-    value = queue.get(timeout=1800)
-    proc.join()
-    return float(value)
+    """Peak memory of training steps, measured in a fresh process."""
+    return float(run_spawned(_peak_train_memory, [(candidate.build, device, steps)])[0])
 
 
 def run_group(candidates: List[Candidate], device: str = "cpu", repeats: int = 10,
@@ -338,21 +311,14 @@ def run_group(candidates: List[Candidate], device: str = "cpu", repeats: int = 1
     for cand in candidates:
         progress(f"building {cand.name}")
         built[cand.name] = cand.build()
+    calls = {(c.name, "train"): built[c.name].train_step for c in candidates
+             if built[c.name].train_step is not None}
+    calls.update({(c.name, "infer"): built[c.name].infer for c in candidates})
+    measured = interleaved_times(calls, repeats, warmup, device, progress)
     times: Dict[str, Dict[str, List[float]]] = {c.name: {"train": [], "infer": []}
                                                 for c in candidates}
-    for rep in range(warmup + repeats):
-        progress(f"round {rep + 1}/{warmup + repeats}")
-        for kind in ("train", "infer"):
-            for cand in candidates:
-                fn = built[cand.name].train_step if kind == "train" else built[cand.name].infer
-                if fn is None:
-                    continue
-                _sync(device)
-                start = time.perf_counter()
-                fn()
-                _sync(device)
-                if rep >= warmup:
-                    times[cand.name][kind].append(time.perf_counter() - start)
+    for (name, kind), values in measured.items():
+        times[name][kind] = values
     reference = next((c.name for c in candidates if c.reference), candidates[0].name)
     rows = []
     for cand in candidates:
@@ -396,109 +362,3 @@ def markdown_table(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- scale cases
-
-
-def nuclei_grid_image(size: int, count: int, seed: int = 0) -> np.ndarray:
-    """An RGB ``size`` x ``size`` image of ``count`` separate discs (radius 5..9) on a
-    jittered grid, on black."""
-    per_side = int(round(count ** 0.5))
-    if per_side * per_side != count or size // per_side < 22:
-        raise ValueError(f"{count} nuclei need a square count with at least 22 px per cell "
-                         f"in a {size} px image")
-    spacing = size // per_side
-    rng = np.random.default_rng(seed)
-    image = np.zeros((size, size), np.uint8)
-    radii = rng.integers(5, 10, count)
-    jitter = spacing // 2 - radii - 2
-    for index in range(count):
-        row, col = divmod(index, per_side)
-        dy, dx = rng.integers(-jitter[index], jitter[index] + 1, 2)
-        cv2.circle(image, (int(col * spacing + spacing // 2 + dx),
-                           int(row * spacing + spacing // 2 + dy)),
-                   int(radii[index]), int(100 + index % 150), -1)
-    return np.repeat(image[..., None], 3, axis=2)
-
-
-class _ComponentMasks:
-    """The (N, h, w) masks of a tile's connected components, computed per indexed region
-    (``masks[k, rows, cols]``), as :func:`~maskrcnn_pp.inference.tiling.tile_detections`
-    reads them: a stand-in network's output should not cost N full tiles of memory."""
-
-    def __init__(self, labels: np.ndarray, count: int):
-        self.labels, self.shape = labels, (count, *labels.shape)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index: tuple) -> np.ndarray:
-        k, rows, cols = index
-        return self.labels[rows, cols] == k + 1
-
-
-class PerfectNucleiModel:
-    """A network callable that finds every connected bright region of a tile, with
-    Detectron2's output fields (masks at the tile's size, boxes, scores)."""
-
-    def __call__(self, tile: np.ndarray) -> Instances:
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(
-            (tile[:, :, 0] > 0).astype(np.uint8), connectivity=8)
-        boxes = stats[1:, :4].astype(np.float32)
-        boxes[:, 2:] += boxes[:, :2]
-        instances = Instances(tile.shape[:2])
-        instances.pred_masks = _ComponentMasks(labels, count - 1)
-        instances.pred_boxes = Boxes(torch.from_numpy(boxes))
-        instances.scores = torch.full((count - 1,), 0.9)
-        instances.pred_classes = torch.zeros(count - 1, dtype=torch.int64)
-        return instances
-
-
-def scale_case(size: int, count: int, tile_size: int = 1024, overlap: int = 128) -> dict:
-    """Seconds of prediction (tiles, merge, label image) and of the RLEs, and peak memory
-    growth above the RSS after the image is made (MiB), for one synthetic image."""
-    from ..inference import InstancePredictor
-
-    image = nuclei_grid_image(size, count)
-    predictor = InstancePredictor(PerfectNucleiModel(), tile_size, overlap, score_thresh=0.5)
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")
-    before = _status_kib("VmRSS")
-    start = time.perf_counter()
-    result = predictor(image)
-    labels = result.label_image
-    predicted = time.perf_counter()
-    rles = result.rles
-    encoded = time.perf_counter()
-    return {"size": size, "nuclei": count, "found": len(result), "tile": tile_size,
-            "overlap": overlap, "labels_max": int(labels.max()), "rles": len(rles),
-            "predict_and_label_s": predicted - start, "rle_s": encoded - predicted,
-            "peak_mem_MiB": (_status_kib("VmHWM") - before) / 1024,
-            "image_MiB": image.nbytes / 2**20}
-
-
-def _scale_worker(args: tuple, queue) -> None:
-    torch.set_num_threads(1)
-    queue.put(scale_case(*args))
-
-
-def run_scale_case(size: int, count: int, tile_size: int = 1024, overlap: int = 128) -> dict:
-    """:func:`scale_case` in a fresh (spawned) process, so its peak memory is its own."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_scale_worker, args=((size, count, tile_size, overlap), queue))
-    proc.start()
-    row = queue.get(timeout=3600)
-    proc.join()
-    return row
-
-
-def scale_table(rows: List[dict]) -> str:
-    lines = ["| image | nuclei | found | tiles (size / overlap) | predict + label image (s) | "
-             "RLEs (s) | peak memory (MiB) | N full-size masks would take (MiB) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['size']}x{r['size']} | {r['nuclei']} | {r['found']} | "
-                     f"{r['tile']} / {r['overlap']} | {r['predict_and_label_s']:.1f} | "
-                     f"{r['rle_s']:.1f} | {r['peak_mem_MiB']:.0f} | "
-                     f"{r['nuclei'] * r['size'] ** 2 / 2**20:.0f} |")
-    return "\n".join(lines)

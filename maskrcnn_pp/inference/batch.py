@@ -223,7 +223,7 @@ def _flat(node: Any, prefix: str) -> dict[str, Any]:
     return flat
 
 
-def _run_settings(predictor: Predictor, options: WriteOptions,
+def run_settings(predictor: Predictor, options: WriteOptions,
                   image_ids: Optional[Mapping[str, int]]) -> dict[str, Any]:
     """Everything that decides what a run writes, flat and as JSON reads it back."""
     settings = {**predictor.settings(), **_flat(asdict(options), "write"),
@@ -235,31 +235,35 @@ def _run_settings(predictor: Predictor, options: WriteOptions,
     return json.loads(json.dumps(settings))
 
 
-def _settings_change(recorded: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
+def settings_change(recorded: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
     keys = sorted((recorded.keys() | settings.keys()) - set(_UNCOMPARED_SETTINGS))
     return [f"{key} {recorded.get(key, '(none)')!s} -> {settings.get(key, '(none)')!s}"
             for key in keys if recorded.get(key, _MISSING) != settings.get(key, _MISSING)]
 
 
-def _check_resumable(output_dir: Path, settings: Mapping[str, Any]) -> None:
-    """Refuse to resume a run made with other settings, or one without a record of them."""
-    run_file = output_dir / RUN_FILE
+def check_resumable(run_file: Path, settings: Mapping[str, Any], *,
+                    version: int = RUN_FILE_VERSION, what: str = "run",
+                    redo: str = "everything", folder: Optional[Path] = None) -> None:
+    """Refuse to resume a run (of images, or of a slide: ``what``) made with other settings,
+    or one without a record of them (``run_file``, written when it started); ``folder``
+    is the output folder the messages name (default: the record's)."""
+    folder = folder or run_file.parent
     try:
         recorded = json.loads(run_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"--resume: {output_dir} has results but no {RUN_FILE} saying how "
-                        "they were made; --overwrite predicts them again") from None
+        raise UserError(f"--resume: {folder} has results but no {run_file.name} saying how "
+                        f"they were made; --overwrite predicts {redo} again") from None
     except (OSError, ValueError) as err:
         raise UserError(f"--resume: {run_file} cannot be read ({err}); --overwrite predicts "
-                        "everything again") from None
-    if not (isinstance(recorded, dict) and recorded.get("version") == RUN_FILE_VERSION
+                        f"{redo} again") from None
+    if not (isinstance(recorded, dict) and recorded.get("version") == version
             and isinstance(recorded.get("settings"), dict)):
-        raise UserError(f"--resume: {run_file} is not a run record of this version; "
-                        "--overwrite predicts everything again")
-    changes = _settings_change(recorded["settings"], settings)
+        raise UserError(f"--resume: {run_file} is not a {what} record of this version; "
+                        f"--overwrite predicts {redo} again")
+    changes = settings_change(recorded["settings"], settings)
     if changes:
         more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""
-        raise UserError(f"--resume: {output_dir} was predicted with other settings: "
+        raise UserError(f"--resume: {folder} was predicted with other settings: "
                         f"{'; '.join(changes[:3])}{more}; predict into another folder, or "
                         "--overwrite")
 
@@ -366,10 +370,10 @@ def predict_files(predictor: Predictor, images: Sequence[InputImage], output_dir
     categories = predictor.categories(metadata)
     ids = dict(image_ids) if image_ids is not None else {
         item.name: number for number, item in enumerate(images, start=1)}
-    settings = _run_settings(predictor, options, image_ids)
+    settings = run_settings(predictor, options, image_ids)
     done: dict[str, dict] = {}
     if resume and progress_file.exists():
-        _check_resumable(output_dir, settings)
+        check_resumable(output_dir / RUN_FILE, settings)
         done = _read_records(progress_file, [c["id"] for c in categories])
         _check_same_inputs(done, images, ids, output_dir)
     elif overwrite:

@@ -64,7 +64,7 @@ from ..utils.io import (
     cut_json_lines,
     fsync_folder,
 )
-from .batch import _run_settings, _settings_change
+from .batch import check_resumable, run_settings
 from .outputs import WriteOptions
 from .predictor import DegenerateImageError, Predictor
 from .slide_outputs import (
@@ -476,22 +476,8 @@ class _RunRecord:
         self.blocks_file.write_bytes(b"")
 
     def check_settings(self, settings: dict) -> None:
-        run_file = self.folder / RUN_RECORD
-        try:
-            recorded = json.loads(run_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise UserError(f"--resume: {run_file} cannot be read ({err}); --overwrite "
-                            "predicts the slide again") from None
-        if not (isinstance(recorded, dict) and recorded.get("version") == RECORD_VERSION
-                and isinstance(recorded.get("settings"), dict)):
-            raise UserError(f"--resume: {run_file} is not a slide run record of this "
-                            "version; --overwrite predicts the slide again")
-        changes = _settings_change(recorded["settings"], settings)
-        if changes:
-            more = f" (and {len(changes) - 3} more)" if len(changes) > 3 else ""
-            raise UserError(f"--resume: {self.folder.parent} was predicted with other "
-                            f"settings: {'; '.join(changes[:3])}{more}; predict into "
-                            "another folder, or --overwrite")
+        check_resumable(self.folder / RUN_RECORD, settings, version=RECORD_VERSION,
+                        what="slide run", redo="the slide", folder=self.folder.parent)
 
     def written(self, order: Sequence[int]) -> list[dict]:
         """The records of written blocks, which are the first blocks of ``order``."""
@@ -621,7 +607,7 @@ def _predict_open_slide(local: Predictor, predictor: PredictorOrLoader, slide: S
         run_blocks = _tissue_blocks(blocks, mask, mask_downsample, scale)
         mask_setting = _file_identity(tissue_mask)
     intensity = _slide_intensity(thumbnail, local.intensity, slide.dtype)
-    settings = {**_run_settings(local, WriteOptions(), None),
+    settings = {**run_settings(local, WriteOptions(), None),
                 "slide": _file_identity(slide.path), "slide.backend": slide.backend,
                 "slide.pixel_size_um": pixel_size, "slide.channel": channel,
                 "blocks.size": block_size, "blocks.margin": margin,

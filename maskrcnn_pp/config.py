@@ -10,15 +10,17 @@ j: UNet++ L_j). The names used before still load for one release, with a
 """
 from __future__ import annotations
 
+import math
 import warnings
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 from detectron2.config import CfgNode as CN
 
 from .utils.errors import UserError
 
-__all__ = ["add_maskrcnn_pp_config", "check_input_config", "upgrade_deprecated_keys",
-           "nested_core_node", "config_value", "DEPRECATED_KEYS"]
+__all__ = ["add_maskrcnn_pp_config", "check_input_config", "check_config_values",
+           "upgrade_deprecated_keys", "nested_core_node", "config_value", "DEPRECATED_KEYS",
+           "VALUE_RULES"]
 
 # Channels of the image each INPUT.FORMAT gives the model.
 _FORMAT_CHANNELS = {"BGR": 3, "RGB": 3, "YUV-BT.601": 3, "L": 1}
@@ -160,12 +162,14 @@ def _add_input_config(cfg: CN) -> None:
 
 def check_input_config(cfg: CN, source: str) -> None:
     """Refuse, naming the keys, what a config file or override (``source``) may not say:
-    a permission only the command line gives, or a pixel mean/std whose length differs
-    from the channels of INPUT.FORMAT (Detectron2 would fail later, far from the cause)."""
+    a permission only the command line gives, a value of :data:`VALUE_RULES`, or a pixel
+    mean/std whose length differs from the channels of INPUT.FORMAT (Detectron2 would fail
+    later, far from the cause)."""
     if cfg.MODEL.ALLOW_UNSAFE_PICKLE:
         raise UserError(f"{source}: MODEL.ALLOW_UNSAFE_PICKLE cannot be set by a config file or "
                         "override; pass --allow-unsafe-pickle on the command line (or "
                         "allow_unsafe_pickle=True in Python) if you trust the weights file")
+    check_config_values(cfg, source)
     pixel_size = cfg.INPUT.get("PIXEL_SIZE_UM")
     if pixel_size is not None and not (isinstance(pixel_size, (int, float))
                                        and not isinstance(pixel_size, bool)
@@ -250,3 +254,151 @@ def nested_core_node(cfg: CN, path: str) -> CN:
         cfg.defrost()
         upgrade_deprecated_keys(cfg)
     return _node(cfg, path)
+
+
+# --- Values checked at the door -------------------------------------------------------------
+# Each rule returns what is wrong with the value at its key (None: nothing), given the whole
+# config; check_config_values names the key and the value. A rule of a model node applies only
+# when that node is the one the config builds (see _NODE_IN_USE).
+
+Rule = Callable[[Any, CN], Optional[str]]
+_UNETPP_BACKBONE = "build_resnet_unetpp_backbone"
+_UNETPP_MASK_HEAD = "UNetPPMaskHead"
+_SEMANTIC_ARCH = "SemanticUNetPP"
+_UPSAMPLINGS = ("nearest", "bilinear", "transpose")
+_NODE_INITS = ("", "msra")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _at_least(low: int) -> Rule:
+    def rule(value: Any, cfg: CN) -> Optional[str]:
+        return None if _is_int(value) and value >= low else f"must be an integer >= {low}"
+    return rule
+
+
+def _non_negative_number(value: Any, cfg: CN) -> Optional[str]:
+    """A learning rate of 0 is a real use: checking that weights load, a frozen run."""
+    return None if _is_number(value) and value >= 0 else "must be a finite number >= 0"
+
+
+def _one_of(*choices: Any) -> Rule:
+    def rule(value: Any, cfg: CN) -> Optional[str]:
+        return None if value in choices else f"must be one of {list(choices)}"
+    return rule
+
+
+def _widths(min_levels: int, per: Optional[str] = None) -> Rule:
+    """Node widths, one positive integer per level: at least ``min_levels``, or exactly one
+    per entry of the list at the key ``per``."""
+    def rule(value: Any, cfg: CN) -> Optional[str]:
+        if not (isinstance(value, (list, tuple)) and all(_is_int(w) and w > 0 for w in value)):
+            return "must be a list of positive integers (node channels per level)"
+        if per is not None and len(value) != len(config_value(cfg, per)):
+            return (f"has {len(value)} width(s) but {per} has {len(config_value(cfg, per))} "
+                    "level(s): give one width per level")
+        if len(value) < min_levels:
+            return f"needs at least {min_levels} levels"
+        return None
+    return rule
+
+
+def _mask_head_outputs(cfg: CN) -> list[int]:
+    return list(range(1, len(cfg.MODEL.ROI_MASK_HEAD.WIDTHS)))
+
+
+def _semantic_outputs(cfg: CN) -> list[int]:
+    """The supervised outputs j of the semantic net: 1..L with deep supervision, else L."""
+    sem = cfg.MODEL.SEMANTIC
+    depth = len(sem.WIDTHS) - 1
+    deep = str(sem.ARCH).lower() == "unetpp" and sem.DEEP_SUPERVISION
+    return list(range(1, depth + 1)) if deep else [depth]
+
+
+def _loss_weights(outputs: Callable[[CN], list[int]]) -> Rule:
+    """Empty (1/K each) or one finite, non-negative weight per supervised output."""
+    def rule(value: Any, cfg: CN) -> Optional[str]:
+        levels = outputs(cfg)
+        if not all(_is_number(w) and w >= 0 for w in value):
+            return "must be finite numbers >= 0"
+        if value and len(value) != len(levels):
+            return (f"has {len(value)} value(s) for {len(levels)} supervised output(s) "
+                    f"{levels}: give one weight per output, or none for 1/{len(levels)} each")
+        return None
+    return rule
+
+
+def _inference_level(outputs: Callable[[CN], list[int]]) -> Rule:
+    """0 (accurate, the mean of the outputs) or one of the supervised outputs j."""
+    def rule(value: Any, cfg: CN) -> Optional[str]:
+        levels = outputs(cfg)
+        if _is_int(value) and (value == 0 or value in levels):
+            return None
+        return f"is not available: use 0 (accurate) or one of the outputs {levels}"
+    return rule
+
+
+# Checked in this order, so a level is checked against widths already known to be sound.
+VALUE_RULES: tuple[tuple[str, Rule], ...] = (
+    ("SOLVER.MAX_ITER", _at_least(1)),
+    ("SOLVER.IMS_PER_BATCH", _at_least(1)),
+    ("SOLVER.CHECKPOINT_PERIOD", _at_least(1)),
+    ("SOLVER.WARMUP_ITERS", _at_least(0)),
+    ("SOLVER.BASE_LR", _non_negative_number),
+    ("TEST.EVAL_PERIOD", _at_least(0)),
+    ("DATALOADER.NUM_WORKERS", _at_least(0)),
+    ("MODEL.RPN.BATCH_SIZE_PER_IMAGE", _at_least(1)),
+    ("MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", _at_least(1)),
+    ("MODEL.UNETPP.WIDTHS", _widths(2, per="MODEL.UNETPP.IN_FEATURES")),
+    ("MODEL.UNETPP.OUT_CHANNELS", _at_least(1)),
+    ("MODEL.UNETPP.NODE_CONVS", _at_least(0)),
+    ("MODEL.UNETPP.NODE_INIT", _one_of(*_NODE_INITS)),
+    ("MODEL.UNETPP.UPSAMPLE", _one_of(*_UPSAMPLINGS)),
+    ("MODEL.ROI_MASK_HEAD.WIDTHS", _widths(3)),
+    ("MODEL.ROI_MASK_HEAD.NODE_CONVS", _at_least(1)),
+    ("MODEL.ROI_MASK_HEAD.NODE_INIT", _one_of(*_NODE_INITS)),
+    ("MODEL.ROI_MASK_HEAD.UPSAMPLE", _one_of(*_UPSAMPLINGS)),
+    ("MODEL.ROI_MASK_HEAD.DEEP_SUPERVISION_WEIGHTS", _loss_weights(_mask_head_outputs)),
+    ("MODEL.ROI_MASK_HEAD.INFERENCE_LEVEL", _inference_level(_mask_head_outputs)),
+    ("MODEL.SEMANTIC.ARCH", lambda value, cfg: None if str(value).lower() in ("unetpp", "unet")
+     else "must be 'unetpp' or 'unet'"),
+    ("MODEL.SEMANTIC.WIDTHS", _widths(2)),
+    ("MODEL.SEMANTIC.DIMS", _one_of(1, 2, 3)),
+    ("MODEL.SEMANTIC.IN_CHANNELS", _at_least(1)),
+    ("MODEL.SEMANTIC.NUM_CLASSES", _at_least(1)),
+    ("MODEL.SEMANTIC.NODE_CONVS", _at_least(1)),
+    ("MODEL.SEMANTIC.NODE_INIT", _one_of(*_NODE_INITS)),
+    ("MODEL.SEMANTIC.UPSAMPLE", _one_of(*_UPSAMPLINGS)),
+    ("MODEL.SEMANTIC.DEEP_SUPERVISION_WEIGHTS", _loss_weights(_semantic_outputs)),
+    ("MODEL.SEMANTIC.INFERENCE_LEVEL", _inference_level(_semantic_outputs)),
+    ("INPUT.SEMANTIC_SIZE", _at_least(0)),
+)
+
+# The model nodes checked only when the config builds them (a baseline config may keep
+# any value under MODEL.UNETPP, which nothing reads).
+_NODE_IN_USE: dict[str, Callable[[CN], bool]] = {
+    "MODEL.UNETPP.": lambda cfg: cfg.MODEL.BACKBONE.NAME == _UNETPP_BACKBONE,
+    "MODEL.ROI_MASK_HEAD.": lambda cfg: cfg.MODEL.ROI_MASK_HEAD.NAME == _UNETPP_MASK_HEAD,
+    "MODEL.SEMANTIC.": lambda cfg: cfg.MODEL.META_ARCHITECTURE == _SEMANTIC_ARCH,
+}
+
+
+def check_config_values(cfg: CN, source: str) -> None:
+    """Refuse the first value of :data:`VALUE_RULES` that a model or the training loop
+    would fail on later, far from the cause (a traceback), naming the key and the value."""
+    for key, rule in VALUE_RULES:
+        in_use = next((used for prefix, used in _NODE_IN_USE.items()
+                       if key.startswith(prefix)), None)
+        if in_use is not None and not in_use(cfg):
+            continue
+        value = config_value(cfg, key)
+        problem = rule(value, cfg)
+        if problem is not None:
+            raise UserError(f"{source}: {key} = {value!r} {problem}")

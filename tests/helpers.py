@@ -73,3 +73,12 @@ def write_nodule(folder: Path, name: str, hu: np.ndarray, label: np.ndarray) -> 
     for kind, array in (("images", hu), ("labels", label)):
         (folder / kind).mkdir(parents=True, exist_ok=True)
         nib.save(nib.Nifti1Image(array, np.eye(4)), str(folder / kind / f"{name}.nii.gz"))
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie waiting for its parent counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -11,6 +11,7 @@ import maskrcnn_pp  # noqa: F401  (registers)
 from maskrcnn_pp.config import DEPRECATED_KEYS, add_maskrcnn_pp_config, config_value
 from maskrcnn_pp.engine import load_config
 from maskrcnn_pp.modeling.semantic_arch import build_semantic_net
+from maskrcnn_pp.utils.errors import UserError
 from tests.helpers import ROOT
 
 QUICK = ROOT / "configs" / "quick_schedules"
@@ -87,8 +88,14 @@ def _build(cfg):
 
 
 def test_neck_widths_one_per_level():
-    cfg = load_config(str(QUICK / "mask_rcnn_pp_synthetic.yaml"),
-                      ["MODEL.UNETPP.WIDTHS", "[32, 64]"])
+    """Refused by load_config at the door, and by the builder in a config merged by plain
+    Detectron2 calls."""
+    with pytest.raises(UserError, match=r"MODEL.UNETPP.WIDTHS = \[32, 64\] has 2 width\(s\) "
+                                        r"but MODEL.UNETPP.IN_FEATURES has 4 level\(s\)"):
+        load_config(str(QUICK / "mask_rcnn_pp_synthetic.yaml"), ["MODEL.UNETPP.WIDTHS", "[32, 64]"])
+    cfg = add_maskrcnn_pp_config(get_cfg())
+    cfg.merge_from_file(str(QUICK / "mask_rcnn_pp_synthetic.yaml"), allow_unsafe=False)
+    cfg.merge_from_list(["MODEL.UNETPP.WIDTHS", "[32, 64]"])
     with pytest.raises(ValueError, match=r"MODEL.UNETPP.WIDTHS needs one width per "
                                          r"IN_FEATURES level \(4\), got \[32, 64\]"):
         build_model(cfg)

@@ -19,17 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 from maskrcnn_pp.model_zoo import get_config_file
-from maskrcnn_pp.studies import (
-    model_speed,
-    postprocessing_scale,
-    slide_benchmark,
-    throughput,
-    training_speed,
-)
-from maskrcnn_pp.studies.timing import machine_description
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
 from maskrcnn_pp.utils.io import (
     atomic_write_json,
@@ -37,6 +27,10 @@ from maskrcnn_pp.utils.io import (
     check_output_dir,
     replace_between_markers,
 )
+
+EXPORT_CONFIGS = ("quick_schedules/mask_rcnn_pp_synthetic.yaml", "cpu_study/mask_rcnn_pp.yaml",
+                  "mask_rcnn_pp.yaml", "semantic/nuclei_unetpp.yaml",
+                  "semantic/polyp_unetpp.yaml")
 
 
 def parse_args(argv=None):
@@ -48,15 +42,17 @@ def parse_args(argv=None):
                    help="scale: SIZE:NUCLEI,... (square nuclei counts)")
     p.add_argument("--tile-size", type=int, default=1024, help="scale: tile side")
     p.add_argument("--tile-overlap", type=int, default=128, help="scale: tile overlap")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device")  # default: cuda where available, else cpu (set in main)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--size", type=int, help="input size (default 256 / 96)")
     p.add_argument("--batch", type=int, help="batch size (default 2 / 8)")
     p.add_argument("--pp-config", default=get_config_file("mask_rcnn_pp.yaml"))
     p.add_argument("--baseline-config", default=get_config_file("mask_rcnn_baseline.yaml"))
-    p.add_argument("--semantic-config",
-                   default=get_config_file("semantic/nuclei_unetpp.yaml"),
-                   help="the UNet++ of --group export")
+    p.add_argument("--export-configs", nargs="+", metavar="CONFIG",
+                   default=[get_config_file(name) for name in EXPORT_CONFIGS],
+                   help="export: the configs whose models are exported and timed (default: "
+                        "the demo's, the CPU study's and the full Mask R-CNN++, the nuclei and "
+                        "polyp UNet++); each at the size it predicts on unless --size")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     p.add_argument("--train-configs", nargs="+",
                    default=[get_config_file("cpu_study/mask_rcnn_pp.yaml"),
@@ -82,11 +78,13 @@ def _progress(message: str) -> None:
 
 def export_rows(args) -> list:
     """Eager vs TorchScript vs ONNX Runtime, one interleaved group per model."""
+    from maskrcnn_pp.studies import model_speed
+
     if args.device != "cpu":
         raise UserError("--group export measures CPU latency: use --device cpu")
     with tempfile.TemporaryDirectory(prefix="export-bench-") as workdir:
-        groups = model_speed.export_groups(args.pp_config, args.semantic_config, workdir,
-                                         size=args.size or 256, batch=args.batch or 8)
+        groups = model_speed.export_groups(args.export_configs, workdir, size=args.size,
+                                         batch=args.batch or 8)
         return [row for cands in groups
                 for row in model_speed.run_group(cands, device="cpu", repeats=args.repeats,
                                                memory=False, progress=_progress)]
@@ -95,6 +93,13 @@ def export_rows(args) -> list:
 @exit_on_user_error
 def main(argv=None) -> int:
     args = parse_args(argv)
+    import torch
+
+    from maskrcnn_pp.studies import model_speed
+    from maskrcnn_pp.studies.timing import machine_description
+
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA device is available")
     for flag, value in (("--repeats", args.repeats), ("--size", args.size),
@@ -137,6 +142,9 @@ def main(argv=None) -> int:
 
 def _scale(args) -> int:
     """Post-processing of huge images with a perfect synthetic model, one process each."""
+    from maskrcnn_pp.studies import postprocessing_scale
+    from maskrcnn_pp.studies.timing import machine_description
+
     try:
         cases = [tuple(int(v) for v in case.split(":")) for case in args.cases.split(",")]
     except ValueError:
@@ -161,6 +169,9 @@ def _scale(args) -> int:
 def _slide(args) -> int:
     """Whole-slide prediction: the perfect model by slide size and workers, the real
     model's seconds per mm² of tissue, and an overview picture (slide_overview.png)."""
+    from maskrcnn_pp.studies import slide_benchmark
+    from maskrcnn_pp.studies.timing import machine_description
+
     try:
         sizes = [int(v) for v in args.slide_sizes.split(",")]
     except ValueError:
@@ -183,6 +194,9 @@ def _slide(args) -> int:
 def _train_step(args) -> int:
     """The real training step with Detectron2's paths vs the fast paths (interleaved), the
     machine's training throughput under the old and new study settings, and profiles."""
+    from maskrcnn_pp.studies import training_speed
+    from maskrcnn_pp.studies.timing import machine_description
+
     if args.device != "cpu":
         raise UserError("--group train_step measures the CPU training step: use --device cpu")
     rounds = max(args.repeats, 2)
@@ -219,6 +233,9 @@ def _train_step(args) -> int:
 
 def _throughput(args) -> int:
     """Train (AMP on CUDA) and inference images/s, 512 px and batch 8 unless given."""
+    from maskrcnn_pp.studies import throughput
+    from maskrcnn_pp.studies.timing import machine_description
+
     rows = throughput.measure_throughput(
         {"Mask R-CNN (baseline)": args.baseline_config, "Mask R-CNN++": args.pp_config},
         size=args.size or 512, batch=args.batch or 8, device=args.device, steps=args.repeats,

@@ -14,9 +14,6 @@ import argparse
 import json
 from pathlib import Path
 
-from maskrcnn_pp.engine import is_semantic, load_config
-from maskrcnn_pp.evaluation.semantic import RESULTS_FILE
-from maskrcnn_pp.studies.comparison import comparison_markdown, comparison_row
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
 from maskrcnn_pp.utils.io import atomic_write_json, atomic_write_text, check_output_file
 
@@ -32,6 +29,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_row(run: Path, dataset: str | None) -> dict:
+    from maskrcnn_pp.engine import is_semantic, load_config
+    from maskrcnn_pp.evaluation.semantic import RESULTS_FILE
+    from maskrcnn_pp.studies.comparison import comparison_row
+
     config = run / "config.yaml"
     if not config.is_file():
         raise UserError(f"{run}: no config.yaml, not a training output folder")
@@ -63,6 +64,8 @@ def run_row(run: Path, dataset: str | None) -> dict:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from maskrcnn_pp.studies.comparison import comparison_markdown
+
     if args.output:
         check_output_file(args.output, "--output")
     rows = [run_row(Path(run), args.dataset) for run in args.runs]

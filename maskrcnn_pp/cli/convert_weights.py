@@ -15,14 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 from maskrcnn_pp.cli.arguments import add_unsafe_pickle_argument
-from maskrcnn_pp.engine.checkpoint import (
-    convert_to_detectron2_resnet,
-    is_resnet_state,
-    load_weights_file,
-)
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
 from maskrcnn_pp.utils.io import atomic_write_stream, check_output_file
 
@@ -38,6 +31,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    import torch
+
+    from maskrcnn_pp.engine.checkpoint import (
+        convert_to_detectron2_resnet,
+        is_resnet_state,
+        load_weights_file,
+    )
+
     if not args.output.endswith(".pth"):
         raise UserError(f"output {args.output} must end in .pth (a .pkl would be read as a "
                         "pickle again)")

@@ -9,7 +9,6 @@ import json
 import sys
 from pathlib import Path
 
-from maskrcnn_pp.studies.demo import run_demo
 from maskrcnn_pp.utils.errors import exit_on_user_error
 
 
@@ -19,6 +18,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=Path("output/demo"))
     parser.add_argument("--retrain", action="store_true", help="train again from scratch")
     args = parser.parse_args(argv)
+    from maskrcnn_pp.studies.demo import run_demo
+
     summary = run_demo(args.output, retrain=args.retrain)
     print("\nDemo finished. Segm AP on nuclei_synthetic_val: trained "
           f"{summary['trained']['segm']['AP']:.1f} vs untrained "

@@ -12,13 +12,7 @@ from __future__ import annotations
 import argparse
 
 from maskrcnn_pp.cli.arguments import add_score_threshold_argument
-from maskrcnn_pp.evaluation.nuclei import (
-    evaluate_coco_results,
-    format_metrics_table,
-    load_coco_ground_truth,
-    load_coco_results,
-    metric_notes,
-)
+from maskrcnn_pp.evaluation.metric_notes import metric_notes
 from maskrcnn_pp.utils.errors import check_finite, exit_on_user_error
 from maskrcnn_pp.utils.io import atomic_write_json, check_output_file
 
@@ -39,6 +33,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from maskrcnn_pp.evaluation.nuclei import (
+        evaluate_coco_results,
+        format_metrics_table,
+        load_coco_ground_truth,
+        load_coco_results,
+    )
+
     check_finite(args.score_thresh, "--score-thresh")
     if args.json:
         check_output_file(args.json, "--json")

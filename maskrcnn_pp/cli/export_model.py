@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 
 from maskrcnn_pp.cli.arguments import add_config_overrides, add_model_arguments
-from maskrcnn_pp.engine import load_config
-from maskrcnn_pp.inference.export import export_model, sidecar_path
 from maskrcnn_pp.utils.errors import exit_on_user_error
 
 
@@ -41,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from maskrcnn_pp.engine import load_config
+    from maskrcnn_pp.inference.export import export_model, sidecar_path
+
     cfg = load_config(args.config_file, args.opts)
     for path in export_model(cfg, args.weights, args.format, args.output, args.levels,
                              overwrite=args.overwrite):

@@ -14,7 +14,6 @@ import os
 import sys
 from pathlib import Path
 
-from maskrcnn_pp.studies.gpu_study import run_gpu_study
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
 
 
@@ -36,6 +35,8 @@ def main(argv=None) -> int:
     if args.data is None:
         raise UserError("--data (or $MASKRCNN_PP_DATA) must name the folder of "
                         "dsb2018_stage1_train.tar.gz")
+    from maskrcnn_pp.studies.gpu_study import run_gpu_study
+
     print(run_gpu_study(args.doc, args.data, dry_run=args.dry_run, output=args.output))
     return 0
 

@@ -39,38 +39,25 @@ import logging
 import os
 from pathlib import Path
 
-from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog
-
 from maskrcnn_pp.cli.arguments import (
     add_model_arguments,
     add_score_threshold_argument,
     add_tiling_arguments,
     add_unsafe_pickle_argument,
 )
-from maskrcnn_pp.config import add_maskrcnn_pp_config
-from maskrcnn_pp.data.image_io import IMAGE_EXTENSIONS, NIFTI_SUFFIXES
-from maskrcnn_pp.data.slide import (
-    OPENSLIDE_EXTENSIONS,
-    SLIDE_BACKENDS,
-    is_slide_file,
-    open_slide,
-    slide_stem,
-)
-from maskrcnn_pp.inference import EXPORTED_SUFFIXES, load_predictor
-from maskrcnn_pp.inference.batch import (
-    check_earlier_outputs,
-    find_inputs,
-    image_ids_from_coco,
-    predict_files,
-    split_config_overrides,
-)
-from maskrcnn_pp.inference.instance import MIN_VISIBLE_FRACTION
-from maskrcnn_pp.inference.outputs import LABEL_FORMATS, WriteOptions
-from maskrcnn_pp.inference.predictor import check_unit_interval
-from maskrcnn_pp.inference.slide import DEFAULT_BLOCK_SIZE, local_cluster, predict_slide
 from maskrcnn_pp.utils.errors import UserError, check_finite, exit_on_user_error
 from maskrcnn_pp.utils.io import check_output_dir
+
+# The library's defaults and choices that --help shows, repeated here so that --help answers
+# before torch loads (their modules import it); tests/tools/test_help_is_fast.py keeps each
+# equal to the library's.
+HELP_VALUES = {
+    "maskrcnn_pp.inference.instance.MIN_VISIBLE_FRACTION": 0.5,
+    "maskrcnn_pp.inference.outputs.LABEL_FORMATS": ("tif", "png"),
+    "maskrcnn_pp.inference.slide.DEFAULT_BLOCK_SIZE": 4096,
+    "maskrcnn_pp.data.slide.SLIDE_BACKENDS": ("auto", "tifffile", "openslide"),
+}
+MIN_VISIBLE_FRACTION, LABEL_FORMATS, DEFAULT_BLOCK_SIZE, SLIDE_BACKENDS = HELP_VALUES.values()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -147,6 +134,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from detectron2.config import get_cfg
+
+    from maskrcnn_pp.config import add_maskrcnn_pp_config
+    from maskrcnn_pp.data.image_io import IMAGE_EXTENSIONS, NIFTI_SUFFIXES
+    from maskrcnn_pp.data.slide import OPENSLIDE_EXTENSIONS, is_slide_file
+    from maskrcnn_pp.inference import EXPORTED_SUFFIXES, load_predictor
+    from maskrcnn_pp.inference.batch import (
+        check_earlier_outputs,
+        find_inputs,
+        image_ids_from_coco,
+        predict_files,
+        split_config_overrides,
+    )
+    from maskrcnn_pp.inference.outputs import WriteOptions
+    from maskrcnn_pp.inference.predictor import check_unit_interval
+
     logging.basicConfig(format="%(levelname)s: %(message)s")
     logging.getLogger("maskrcnn_pp.inference").setLevel(logging.INFO)   # the tile counts
     if bool(args.exported) == bool(args.config_file or args.weights):
@@ -191,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def _metadata(predictor):
     """The class names of the model's data set, if it is registered."""
+    from detectron2.data import MetadataCatalog
+
     datasets = [*predictor.cfg.DATASETS.TEST, *predictor.cfg.DATASETS.TRAIN]
     return (MetadataCatalog.get(datasets[0])
             if datasets and datasets[0] in MetadataCatalog.list() else None)
@@ -204,6 +209,8 @@ def _cluster(args):
         raise UserError("--workers starts a local cluster, --scheduler uses a running one: "
                         "give one")
     if args.workers is not None:
+        from maskrcnn_pp.inference.slide import local_cluster
+
         with local_cluster(args.workers) as client:
             yield client, max(1, (os.cpu_count() or 1) // args.workers)
     elif args.scheduler:
@@ -221,6 +228,10 @@ def _cluster(args):
 
 def _predict_slides(args, inputs, slides, load_options) -> None:
     """Each slide block by block into ``--output/<slide name>/``."""
+    from maskrcnn_pp.data.slide import open_slide, slide_stem
+    from maskrcnn_pp.inference import load_predictor
+    from maskrcnn_pp.inference.slide import predict_slide
+
     if len(slides) != len(inputs):
         image = next(item for item in inputs if item not in slides)
         raise UserError(f"the inputs mix whole slides ({slides[0].name}) and images "

@@ -14,8 +14,6 @@ from maskrcnn_pp.cli.arguments import (
     add_model_arguments,
     add_unsafe_pickle_argument,
 )
-from maskrcnn_pp.engine import is_semantic, load_config
-from maskrcnn_pp.studies.pruning import prune_report
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
 from maskrcnn_pp.utils.io import check_output_dir
 
@@ -34,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from maskrcnn_pp.engine import is_semantic, load_config
+    from maskrcnn_pp.studies.pruning import prune_report
+
     cfg = load_config(args.config_file, [*args.opts, "MODEL.WEIGHTS", args.weights])
     if not is_semantic(cfg):
         raise UserError(f"{args.config_file}: MODEL.META_ARCHITECTURE is "

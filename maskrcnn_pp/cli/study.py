@@ -18,7 +18,6 @@ import sys
 
 import yaml
 
-from maskrcnn_pp.studies.study import load_spec, run_study
 from maskrcnn_pp.utils.errors import UserError, exit_on_user_error
 
 
@@ -61,6 +60,8 @@ def _pairs(items, flag: str) -> dict:
 @exit_on_user_error
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from maskrcnn_pp.studies.study import load_spec, run_study
+
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):
         raise UserError("--jobs and --threads must be at least 1")
     if args.resamples < 100 or args.ap_resamples < 1:

@@ -32,11 +32,6 @@ from maskrcnn_pp.cli.arguments import (
     add_tiling_arguments,
     add_unsafe_pickle_argument,
 )
-from maskrcnn_pp.engine import is_semantic, load_config
-from maskrcnn_pp.engine.checkpoint import load_trained_model
-from maskrcnn_pp.evaluation.visualization import render_results_file
-from maskrcnn_pp.inference import load_predictor
-from maskrcnn_pp.studies.pictures import render_dataset_predictions, render_semantic_predictions
 from maskrcnn_pp.utils.errors import UserError, check_finite, exit_on_user_error
 from maskrcnn_pp.utils.io import check_output_dir
 
@@ -81,10 +76,14 @@ def main(argv: list[str] | None = None) -> None:
                         "--weights and --dataset")
     check_output_dir(args.output, "--output")
     if from_results_file:
+        from maskrcnn_pp.evaluation.visualization import render_results_file
+
         rendered = render_results_file(args.gt, args.pred, args.image_root, args.output,
                                        score_thresh=args.score_thresh,
                                        max_images=args.max_images, file_names=args.images)
     else:
+        from maskrcnn_pp.engine import is_semantic, load_config
+
         cfg = load_config(args.config_file, args.opts)
         rendered = (_render_semantic(cfg, args) if is_semantic(cfg)
                     else _render_instances(cfg, args))
@@ -92,6 +91,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _render_instances(cfg, args):
+    from maskrcnn_pp.inference import load_predictor
+    from maskrcnn_pp.studies.pictures import render_dataset_predictions
+
     predictor = load_predictor(
         cfg, args.weights, allow_unsafe_pickle=args.allow_unsafe_pickle,
         score_thresh=args.score_thresh, tile_size=args.tile_size,
@@ -101,6 +103,9 @@ def _render_instances(cfg, args):
 
 
 def _render_semantic(cfg, args):
+    from maskrcnn_pp.engine.checkpoint import load_trained_model
+    from maskrcnn_pp.studies.pictures import render_semantic_predictions
+
     model = load_trained_model(cfg, args.weights, allow_unsafe_pickle=args.allow_unsafe_pickle,
                                weights_key="--weights")
     return render_semantic_predictions(model, cfg, args.dataset, args.output,

@@ -5,9 +5,11 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from ..utils.errors import UserError, exit_on_user_error
+from ..utils.io import check_output_dir
 from .checkpoint import last_checkpoint, load_trained_model
-from .config import setup
+from .config import load_config, setup
 from .launch import launch
+from .run_folder import RunFolderLock, check_earlier_run
 from .trainer import NonFiniteLossError, Trainer
 
 
@@ -37,8 +39,23 @@ def run(args):
 
 @exit_on_user_error
 def launch_from_args(args) -> int:
-    """Start ``run`` on ``args.num_gpus`` processes per machine (one process: in place)."""
-    launch(run, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    """Start ``run`` on ``args.num_gpus`` processes per machine (one process: in place).
+
+    A training holds its ``OUTPUT_DIR`` (on the first machine) from before the workers start
+    until the last one ends, and starts only in a folder without an earlier training unless
+    ``--resume`` continues it or ``--overwrite`` replaces it."""
+    def start() -> None:
+        launch(run, args.num_gpus, num_machines=args.num_machines,
+               machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+
+    if args.eval_only or args.machine_rank != 0:
+        start()
+        return 0
+    output_dir = check_output_dir(load_config(args.config_file, args.opts).OUTPUT_DIR,
+                                  "OUTPUT_DIR")
+    with RunFolderLock(output_dir):
+        check_earlier_run(output_dir, resume=args.resume,
+                          overwrite=getattr(args, "overwrite", False))
+        start()
     return 0
 

@@ -24,7 +24,6 @@ import io
 import itertools
 import logging
 import os
-import textwrap
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from ..data.coco import compressed_rle, encode_mask
 from ..data.validation import check_coco_ground_truth, check_coco_results, read_json
 from ..utils.io import atomic_write_json
 from .coco_resampling import mean_defined
+from .metric_notes import METRIC_DEFINITIONS, metric_notes  # noqa: F401  (names kept here)
 
 __all__ = [
     "DSB_THRESHOLDS", "InstanceOverlap", "to_rles", "dsb_precisions", "dsb_map", "aji",
@@ -409,35 +409,6 @@ def summary_scalars(metrics: dict[str, Any]) -> dict[str, float]:
     scalars.update({f"dsb_precision-{t}": 100.0 * p
                     for t, p in metrics["dsb_precision_by_threshold"].items()})
     return scalars
-
-
-# What each number of the table is, for the report of tools/eval_nuclei.py and its --help.
-METRIC_DEFINITIONS = (
-    ("dsb_map", "DSB2018 score: TP / (TP + FP + FN), nuclei and predictions matched one to "
-                "one at IoU > t, averaged over t = 0.50:0.05:0.95 (10 thresholds)"),
-    ("aji", "Aggregated Jaccard Index (Kumar et al. 2017): each true nucleus with its "
-            "best-IoU prediction, summed intersections / summed unions (unmatched nuclei and "
-            "predictions add to the unions)"),
-    ("dice", "Dice of the union of true nuclei and the union of predicted nuclei (pixels)"),
-    ("iou", "IoU (Jaccard) of the same two unions"),
-    ("f1_50", "F1 = 2TP / (2TP + FP + FN), matched one to one at IoU > 0.5"),
-    ("segm_AP", "COCO mask AP (pycocotools): precision averaged over recall and IoU "
-                "0.50:0.05:0.95; segm_AP50, segm_AP75 at IoU 0.50, 0.75"),
-    ("IoU > t", "the DSB precision TP / (TP + FP + FN) at each threshold t"),
-)
-
-
-def metric_notes(score_thresh: float | None = None) -> str:
-    """The definitions of :data:`METRIC_DEFINITIONS`, one line each, and how they are
-    averaged."""
-    detections = ("detections with score >= " + f"{score_thresh:g}" if score_thresh is not None
-                  else "detections above --score-thresh")
-    return "\n".join(textwrap.fill(line, 90, subsequent_indent="    ") for line in (
-        [f"{name}: {text}" for name, text in METRIC_DEFINITIONS]
-        + ["All in percent. dsb_map, aji, dice, iou, f1_50 and the IoU > t row are means over "
-           f"images of each image's score, from the {detections} (an image without true and "
-           "predicted nuclei scores 100); segm_* are COCO's, over all images at once and "
-           "every detection."]))
 
 
 def format_metrics_table(metrics: dict[str, Any], explain: bool = False) -> str:

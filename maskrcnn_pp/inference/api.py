@@ -8,6 +8,7 @@ from typing import Optional, Union
 import torch
 from detectron2.config import CfgNode
 
+from ..config import check_config_values
 from ..engine.checkpoint import load_trained_model
 from ..engine.config import is_semantic, load_config
 from ..utils.errors import UserError
@@ -77,6 +78,7 @@ def load_predictor(config: Union[str, os.PathLike, CfgNode], weights: Optional[s
     if level is not None:
         (cfg.MODEL.SEMANTIC if is_semantic(cfg) else cfg.MODEL.ROI_MASK_HEAD
          ).INFERENCE_LEVEL = level
+        check_config_values(cfg, f"level {level}")
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score_thresh
     cfg.MODEL.WEIGHTS = weights
     # Thresholds and tiling are checked before the slow model build.

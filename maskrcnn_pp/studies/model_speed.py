@@ -11,8 +11,10 @@ from __future__ import annotations
 import copy
 import importlib.util
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -22,13 +24,13 @@ from detectron2.structures import BitMasks, Instances
 from detectron2.utils.events import EventStorage
 
 from ..data.synthetic import SyntheticNucleiSpec, render_image
-from ..engine.config import load_config
+from ..engine.config import is_semantic, load_config
 from ..modeling.deep_supervision import ACCURATE
 from ..modeling.semantic import UNet, UNetPlusPlus, deep_supervision_losses
 from .timing import interleaved_times, peak_rss_growth_mib, reset_peak_rss, run_spawned, sync
 
 __all__ = ["Candidate", "nuclei_batch", "mask_rcnn_group", "semantic_group", "export_groups",
-           "run_group", "markdown_table"]
+           "detector_input_side", "run_group", "markdown_table"]
 
 # Whose network a semantic candidate is: this project's (its ``predict(x, level)`` and
 # ``parameter_count(level)``) or MONAI's (a list of outputs with deep supervision).
@@ -238,9 +240,10 @@ def _exported_candidates(name: str, model: torch.nn.Module, cfg, workdir: str,
             Candidate(f"{name} ONNX Runtime", partial(build, "onnx"))]
 
 
-def _semantic_export_groups(config_file: str, workdir: str, size: int, batch: int
+def _semantic_export_groups(config_file: str, workdir: str, size: Optional[int], batch: int
                             ) -> List[List[Candidate]]:
     cfg = load_config(config_file, ["MODEL.DEVICE", "cpu"])
+    size = size or int(cfg.INPUT.SEMANTIC_SIZE)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     shape = (batch, model.net.in_channels) + (size,) * model.net.dims
@@ -250,36 +253,54 @@ def _semantic_export_groups(config_file: str, workdir: str, size: int, batch: in
         with torch.no_grad():
             model.inference([{"image": image} for image in x], level=level)
 
-    return [_exported_candidates(f"UNet++ L{level}", model, cfg, workdir,
+    return [_exported_candidates(f"{Path(config_file).stem} {size} px L{level}", model, cfg,
+                                 workdir,
                                  partial(eager, level), lambda fn: fn(x),
                                  model.net.parameter_count(level), level)
             for level in model.levels]
 
 
-def _mask_rcnn_export_group(config_file: str, workdir: str, size: int) -> List[Candidate]:
+def _mask_rcnn_export_group(config_file: str, workdir: str, size: Optional[int]
+                            ) -> List[Candidate]:
     from ..inference.instance import DetectronModelRunner
 
-    cfg = load_config(config_file, ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", str(size),
-                                    "INPUT.MAX_SIZE_TEST", str(size)])
+    cfg = load_config(config_file, ["MODEL.DEVICE", "cpu"])
+    size = size or detector_input_side(cfg)
+    cfg.defrost()
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = size, size
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     tile, _ = render_image(np.random.default_rng(0), SyntheticNucleiSpec(size=size), False)
     runner = DetectronModelRunner(model, cfg)
-    return _exported_candidates("Mask R-CNN++", model, cfg, workdir, lambda: runner(tile),
-                                lambda fn: fn(tile), sum(p.numel() for p in model.parameters()))
+    return _exported_candidates(f"{Path(config_file).stem} {size} px", model, cfg, workdir,
+                                lambda: runner(tile), lambda fn: fn(tile),
+                                sum(p.numel() for p in model.parameters()))
 
 
-def export_groups(pp_config: str, semantic_config: str, workdir: str, size: int = 256,
-                  semantic_size: int = 96, batch: int = 8) -> List[List[Candidate]]:
-    """Inference latency of eager vs exported graphs on the CPU: UNet++ of
-    ``semantic_config`` at each of its pruning levels on a batch of ``batch`` patches, and
-    Mask R-CNN++ of ``pp_config`` on one ``size`` px synthetic nuclei tile (test resize set
-    to ``size``, through the predictor's network callable: pre-processing, graph, mask
-    pasting). Weights are random (seed 0): timing does not depend on them, except through
-    the number of detections, which an untrained detector fills up to
-    ``TEST.DETECTIONS_PER_IMAGE``."""
-    return [*_semantic_export_groups(semantic_config, workdir, semantic_size, batch),
-            _mask_rcnn_export_group(pp_config, workdir, size)]
+def detector_input_side(cfg) -> int:
+    """The side of the image a detector config predicts on: its test resize, or for a config
+    that tests at the images' own size (``MIN_SIZE_TEST`` 0), its training crop."""
+    if cfg.INPUT.MIN_SIZE_TEST:
+        return int(cfg.INPUT.MIN_SIZE_TEST)
+    return int(cfg.INPUT.CROP.SIZE[0])
+
+
+def export_groups(config_files: Sequence[str], workdir: str, size: Optional[int] = None,
+                  batch: int = 8) -> List[List[Candidate]]:
+    """Inference latency of eager vs exported graphs on the CPU, one group per model of each
+    config: a semantic UNet++ at each of its pruning levels on a batch of ``batch`` patches
+    of its ``INPUT.SEMANTIC_SIZE``; a detector on one synthetic nuclei tile of the side it
+    predicts on (:func:`detector_input_side`), through the predictor's network callable
+    (pre-processing, graph, mask pasting). ``size`` replaces both sides. Weights are random
+    (seed 0): timing does not depend on them, except through the number of detections,
+    which an untrained detector fills up to ``TEST.DETECTIONS_PER_IMAGE``."""
+    groups = []
+    for config_file in config_files:
+        if is_semantic(load_config(config_file)):
+            groups += _semantic_export_groups(config_file, workdir, size, batch)
+        else:
+            groups.append(_mask_rcnn_export_group(config_file, workdir, size))
+    return groups
 
 
 def _peak_train_memory(build: Callable, device: str, steps: int) -> float:

@@ -26,6 +26,7 @@ import yaml
 
 from ..engine.config import load_config
 from ..utils.errors import UserError
+from ..utils.processes import die_with_parent
 from .description import StudySpec
 
 __all__ = ["Run", "plan_runs", "check_run_config", "train_runs", "TRAIN_NET"]
@@ -145,7 +146,8 @@ def train_runs(runs: Sequence[Run], jobs: int = 1, threads: int | None = None,
     """Train the unfinished runs, ``jobs`` at a time, each with ``threads // jobs`` threads
     (OMP_NUM_THREADS; default one per job: on CPUs, side-by-side single-threaded trainings
     use the cores better than one multi-threaded one); with several GPUs each job gets
-    one."""
+    one. A training ends with the study, however the study ends: its rerun resumes it
+    and finds the run folder free."""
     todo = [run for run in runs if run.trains and not run.finished]
     if not todo:
         return
@@ -169,7 +171,7 @@ def train_runs(runs: Sequence[Run], jobs: int = 1, threads: int | None = None,
         start = time.time()
         with open(run.run_dir / "train.log", "ab") as log:
             code = subprocess.call(run.train_command(), stdout=log, stderr=subprocess.STDOUT,
-                                   env=env)
+                                   env=env, preexec_fn=die_with_parent())
         with lock:
             free_slots.append(slot)
         if code != 0 or not run.finished:

@@ -46,6 +46,11 @@ def test_sigkill_then_resume_continues_from_last_complete_checkpoint(tmp_path):
     while not (tag.exists() and tag.read_text().strip() >= "model_0000005.pth"):
         assert proc.poll() is None and time.time() < deadline, "training ended or hung"
         time.sleep(0.2)
+    # A second trainer in the folder the first one writes exits 2 naming the holder.
+    second = subprocess.run(_train_cmd(out, 400, "--resume"), cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert f"is being trained by process {proc.pid}" in second.stderr.strip().splitlines()[-1]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     tagged = (out / "last_checkpoint").read_text().strip()

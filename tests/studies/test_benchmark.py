@@ -64,18 +64,27 @@ def test_interleaved_times_alternates_the_calls_and_drops_the_warm_up():
 
 
 def test_export_groups_time_eager_torchscript_and_onnx_side_by_side(tmp_path):
-    from tests.helpers import ROOT
-
     config = str(ROOT / "configs" / "quick_schedules" / "semantic_2d_quick.yaml")
-    groups = benchmark._semantic_export_groups(config, str(tmp_path), size=32, batch=1)
+    groups = benchmark.export_groups([config], str(tmp_path), size=32, batch=1)
     assert len(groups) == 2   # the quick UNet++ has levels 1 and 2
     rows = benchmark.run_group(groups[0], repeats=1, warmup=0, memory=False,
                                progress=lambda m: None)
-    assert [r["model"] for r in rows] == ["UNet++ L1 eager", "UNet++ L1 TorchScript",
-                                          "UNet++ L1 ONNX Runtime"]
+    assert [r["model"] for r in rows] == ["semantic_2d_quick 32 px L1 eager",
+                                          "semantic_2d_quick 32 px L1 TorchScript",
+                                          "semantic_2d_quick 32 px L1 ONNX Runtime"]
     assert rows[0]["infer_ratio"] == 1.0 and all(r["infer_s"] > 0 for r in rows)
     assert all(r["train_step_s"] is None for r in rows)
     assert "train step" not in benchmark.markdown_table(rows)
+
+
+def test_each_detector_config_is_exported_at_the_side_it_predicts_on():
+    from maskrcnn_pp.engine.config import load_config
+
+    sides = {name: benchmark.detector_input_side(load_config(str(ROOT / "configs" / name)))
+             for name in ("quick_schedules/mask_rcnn_pp_synthetic.yaml",
+                          "cpu_study/mask_rcnn_pp.yaml", "mask_rcnn_pp.yaml")}
+    assert sides == {"quick_schedules/mask_rcnn_pp_synthetic.yaml": 128,
+                     "cpu_study/mask_rcnn_pp.yaml": 256, "mask_rcnn_pp.yaml": 640}
 
 
 def test_train_step_timing_compares_the_same_steps_of_both_paths():

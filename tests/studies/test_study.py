@@ -22,7 +22,7 @@ from maskrcnn_pp.studies.description import load_spec
 from maskrcnn_pp.studies.evaluation import RunEval
 from maskrcnn_pp.studies.runs import plan_runs
 from maskrcnn_pp.utils.errors import UserError
-from tests.helpers import ROOT
+from tests.helpers import ROOT, process_alive
 
 QUICK = ROOT / "configs" / "quick_schedules"
 STUDY = ROOT / "tools" / "study.py"
@@ -269,13 +269,20 @@ def test_tiny_study_survives_a_kill_and_reports_learning_curves(tmp_path):
         return {key for key, folder in run.items()
                 if (folder / "last_checkpoint").is_file() and key not in finished()}
 
-    # Kill the whole study (its trainings too) once a run is finished and another is midway.
+    # Kill the study alone once a run is finished and another is midway: its trainings
+    # (each holding its run folder's lock, with its PID) end with it.
     deadline = time.time() + 400
     while not (finished() and midway()):
         assert study.poll() is None and time.time() < deadline, "study ended or hung"
         time.sleep(0.05)
-    os.killpg(study.pid, signal.SIGKILL)
+    trainers = {int(text) for folder in run.values() if (folder / "train.lock").is_file()
+                and (text := (folder / "train.lock").read_text().strip())}
+    study.send_signal(signal.SIGKILL)
     study.wait()
+    assert trainers
+    while any(process_alive(pid) for pid in trainers):
+        assert time.time() < deadline + 10, "a training outlived its killed study"
+        time.sleep(0.05)
     done, interrupted = finished(), midway()
     assert done and interrupted
     finished_before = {key: (run[key] / "model_final.pth").stat().st_mtime_ns for key in done}

@@ -142,6 +142,9 @@ def write_inputs(root: Path) -> SimpleNamespace:
     _write_registered_sets(f.datasets)
     f.configs["unsafe"] = configs / "unsafe.yaml"
     f.configs["unsafe"].write_text(f"_BASE_: {QUICK_PP}\nMODEL:\n  ALLOW_UNSAFE_PICKLE: True\n")
+    f.configs["twice"] = configs / "twice.yaml"
+    f.configs["twice"].write_text(f"_BASE_: {QUICK_PP}\nSOLVER:\n  MAX_ITER: 7\nSOLVER:\n"
+                                  "  BASE_LR: 0.1\n")
     f.weights, f.baseline_run = _write_weights(root / "weights")
     f.label_src = root / "label_src"
     _write_label_source(f.label_src)
@@ -185,6 +188,9 @@ def _write_weights(folder: Path) -> tuple[dict[str, Path], Path]:
         "system_pth": {"model": {"w": torch.ones(1)}, "hook": os.system},
         "system_pkl": pickle.dumps({"w": np.ones(2), "hook": os.system}, protocol=2),
         "truncated_pkl": pickle.dumps({"w": np.ones((8, 8))}, protocol=2)[:60],
+        "int_key_pkl": pickle.dumps({"w": np.ones(2), 3: np.ones(2)}, protocol=2),
+        "blobs_list_pkl": pickle.dumps({"blobs": [np.ones(2)]}, protocol=2),
+        "strings_pkl": pickle.dumps({"model": {"w": np.array(["a", "b"])}}, protocol=2),
     }
     for key, content in contents.items():
         name, suffix = key.rsplit("_", 1)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from maskrcnn_pp.engine import load_config
 from maskrcnn_pp.utils.errors import UserError
@@ -74,6 +75,25 @@ def test_train_then_evaluate_quick_config(tmp_path):
                           str(out / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "eval"))
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "copypaste: Task: segm" in evaluated.stdout + evaluated.stderr
+
+    # A new training into the finished run's folder is refused until --overwrite says so,
+    # which removes the earlier run's checkpoints and metrics records first.
+    again = ["--config-file", QUICK_PP, "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2",
+             "OUTPUT_DIR", str(out)]
+    final = (out / "model_final.pth").read_bytes()
+    refused = train_net(*again)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    last = refused.stderr.strip().splitlines()[-1]
+    assert f"OUTPUT_DIR {out} holds an earlier training" in last
+    assert "--resume continues it" in last and "--overwrite replaces it" in last
+    assert (out / "model_final.pth").read_bytes() == final
+    replaced = train_net("--overwrite", *again)
+    assert replaced.returncode == 0, replaced.stderr[-3000:]
+    assert not (out / "model_0000001.pth").exists()
+    records = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    # the 4-step run's loss records (up to iteration 3) are gone
+    assert max(m["iteration"] for m in records if "loss_mask_1" in m) == 1
+    assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == 1
 
 
 @pytest.mark.slow

@@ -182,19 +182,40 @@ def load_weights_file(filename: str, *, allow_unsafe_pickle: bool = False,
     if not isinstance(loaded, dict):
         raise CorruptCheckpointError(
             f"checkpoint {filename} holds a {type(loaded).__name__}, not a dict of weights")
-    if isinstance(loaded.get("model"), dict):
-        return loaded
+    for entry in ("model", "blobs") if is_pickle else ("model",):
+        if entry in loaded and not isinstance(loaded[entry], dict):
+            raise CorruptCheckpointError(
+                f"checkpoint {filename}: its {entry!r} entry is a "
+                f"{type(loaded[entry]).__name__}, not a dict of weights")
     if "model" in loaded:
-        raise CorruptCheckpointError(
-            f"checkpoint {filename}: its 'model' entry is a {type(loaded['model']).__name__}, "
-            "not a dict of weights")
-    if isinstance(loaded.get("state_dict"), dict):
-        return {"model": loaded["state_dict"]}
-    if is_pickle:
-        blobs = loaded.get("blobs", loaded)
-        return {"model": {k: v for k, v in blobs.items() if not k.endswith("_momentum")},
-                "__author__": "Caffe2", "matching_heuristics": True}
-    return {"model": loaded}
+        checkpoint = loaded
+    elif isinstance(loaded.get("state_dict"), dict):
+        checkpoint = {"model": loaded["state_dict"]}
+    elif is_pickle:
+        checkpoint = {"model": loaded.get("blobs", loaded), "__author__": "Caffe2",
+                      "matching_heuristics": True}
+    else:
+        checkpoint = {"model": loaded}
+    _check_weight_names_and_arrays(filename, checkpoint["model"])
+    if checkpoint.get("__author__") == "Caffe2":
+        checkpoint["model"] = {name: value for name, value in checkpoint["model"].items()
+                               if not name.endswith("_momentum")}
+    return checkpoint
+
+
+def _check_weight_names_and_arrays(filename: str, weights: dict) -> None:
+    """Every name is a string and every NumPy value numeric, so renaming and conversion to
+    tensors cannot fail later with a traceback; entries that are not arrays (an epoch
+    count) are left for the loaders to skip."""
+    for name, value in weights.items():
+        if not isinstance(name, str):
+            raise CorruptCheckpointError(
+                f"checkpoint {filename}: holds the name {name!r} (a {type(name).__name__}); "
+                "weight names are strings")
+        if isinstance(value, (np.ndarray, np.generic)) and value.dtype.kind not in "biufc":
+            raise CorruptCheckpointError(
+                f"checkpoint {filename}: weight {name!r} is an array of {value.dtype} "
+                "values, not numbers")
 
 
 def check_weights_only_loadable(name: str) -> Callable[[str], None]:

@@ -253,7 +253,7 @@ def _semantic_export_groups(config_file: str, workdir: str, size: Optional[int],
         with torch.no_grad():
             model.inference([{"image": image} for image in x], level=level)
 
-    return [_exported_candidates(f"{Path(config_file).stem} {size} px L{level}", model, cfg,
+    return [_exported_candidates(f"{_config_label(config_file)} {size} px L{level}", model, cfg,
                                  workdir,
                                  partial(eager, level), lambda fn: fn(x),
                                  model.net.parameter_count(level), level)
@@ -272,9 +272,16 @@ def _mask_rcnn_export_group(config_file: str, workdir: str, size: Optional[int]
     model = build_model(cfg).eval()
     tile, _ = render_image(np.random.default_rng(0), SyntheticNucleiSpec(size=size), False)
     runner = DetectronModelRunner(model, cfg)
-    return _exported_candidates(f"{Path(config_file).stem} {size} px", model, cfg, workdir,
+    return _exported_candidates(f"{_config_label(config_file)} {size} px", model, cfg, workdir,
                                 lambda: runner(tile), lambda fn: fn(tile),
                                 sum(p.numel() for p in model.parameters()))
+
+
+def _config_label(config_file: str) -> str:
+    """A config's name with its folder (``cpu_study/mask_rcnn_pp``), which tells apart the
+    shipped configs that share a file name."""
+    path = Path(config_file)
+    return f"{path.parent.name}/{path.stem}" if path.parent.name != "configs" else path.stem
 
 
 def detector_input_side(cfg) -> int:

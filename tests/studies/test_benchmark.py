@@ -69,9 +69,9 @@ def test_export_groups_time_eager_torchscript_and_onnx_side_by_side(tmp_path):
     assert len(groups) == 2   # the quick UNet++ has levels 1 and 2
     rows = benchmark.run_group(groups[0], repeats=1, warmup=0, memory=False,
                                progress=lambda m: None)
-    assert [r["model"] for r in rows] == ["semantic_2d_quick 32 px L1 eager",
-                                          "semantic_2d_quick 32 px L1 TorchScript",
-                                          "semantic_2d_quick 32 px L1 ONNX Runtime"]
+    assert [r["model"] for r in rows] == ["quick_schedules/semantic_2d_quick 32 px L1 eager",
+                                          "quick_schedules/semantic_2d_quick 32 px L1 TorchScript",
+                                          "quick_schedules/semantic_2d_quick 32 px L1 ONNX Runtime"]
     assert rows[0]["infer_ratio"] == 1.0 and all(r["infer_s"] > 0 for r in rows)
     assert all(r["train_step_s"] is None for r in rows)
     assert "train step" not in benchmark.markdown_table(rows)

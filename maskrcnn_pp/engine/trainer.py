@@ -162,6 +162,9 @@ class Trainer(DefaultTrainer):
         super().resume_or_load(resume=resume)
         if not (resume and self.start_iter > 0):
             return
+        if self.start_iter >= self.max_iter:
+            self._finish_killed_run()
+            return
         if comm.is_main_process():
             _drop_metrics_from(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"),
                                self.start_iter)
@@ -173,6 +176,14 @@ class Trainer(DefaultTrainer):
         compat.restart_data_loader(compat.inner_trainer(self))
         logger.info("Data stream continues after %d samples (seed %d)", self._sampler.skip,
                     self._sampler.seed)
+
+    def _finish_killed_run(self) -> None:
+        """A run killed between its last periodic checkpoint and ``model_final.pth`` resumes
+        with no iteration left, so Detectron2 would never write the final model: write it
+        from the last checkpoint (as Detectron2 does, with the last iteration's number)."""
+        if not os.path.isfile(os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth")):
+            logger.info("The last checkpoint is the end of training: writing model_final.pth")
+            self.checkpointer.save("model_final", iteration=self.max_iter - 1)
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:

@@ -67,6 +67,25 @@ def test_sigkill_then_resume_continues_from_last_complete_checkpoint(tmp_path):
     assert "optimizer" in final["trainer"]["_trainer"]  # momentum survives a resume
 
 
+@pytest.mark.slow
+def test_a_run_killed_after_its_last_checkpoint_resumes_to_its_final_model(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(_train_cmd(out, 6), cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = torch.load(out / "model_0000005.pth", weights_only=True)
+    # as if killed after the periodic checkpoint of the last iteration, before the final one
+    (out / "model_final.pth").unlink()
+    (out / "last_checkpoint").write_text("model_0000005.pth")
+    resumed = subprocess.run(_train_cmd(out, 6, "--resume"), cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = torch.load(out / "model_final.pth", weights_only=True)
+    assert final["iteration"] == 5
+    assert all(torch.equal(final["model"][k], v) for k, v in last["model"].items())
+
+
 def _broken_image_dataset(tmp_path):
     good = DatasetCatalog.get("nuclei_synthetic_train")[0]
     broken = tmp_path / "broken.png"

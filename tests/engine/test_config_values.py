@@ -135,3 +135,15 @@ def test_the_same_key_in_sibling_nodes_and_anchors_is_fine(tmp_path):
                    "    NODE_CONVS: *convs\n")
     cfg = load_config(str(config))
     assert cfg.MODEL.UNETPP.NODE_CONVS == cfg.MODEL.ROI_MASK_HEAD.NODE_CONVS == 1
+
+
+def test_the_config_vocabularies_are_the_nested_cores():
+    """config.py repeats the core's choices (it must not import torch): they stay equal."""
+    from maskrcnn_pp import config
+    from maskrcnn_pp.modeling import nested
+
+    assert config._NODE_INITS == nested.NODE_INITS
+    for mode in config._UPSAMPLINGS:
+        nested._Upsample(mode, 8, 4, 2)
+    with pytest.raises(ValueError, match="unknown upsampling"):
+        nested._Upsample("cubic", 8, 4, 2)

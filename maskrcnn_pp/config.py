@@ -331,17 +331,26 @@ def _loss_weights(outputs: Callable[[CN], list[int]]) -> Rule:
         if value and len(value) != len(levels):
             return (f"has {len(value)} value(s) for {len(levels)} supervised output(s) "
                     f"{levels}: give one weight per output, or none for 1/{len(levels)} each")
+        if value and not any(w > 0 for w in value):
+            return "gives every output weight 0: at least one output must be trained"
         return None
     return rule
 
 
-def _inference_level(outputs: Callable[[CN], list[int]]) -> Rule:
-    """0 (accurate, the mean of the outputs) or one of the supervised outputs j."""
+def _inference_level(outputs: Callable[[CN], list[int]], weights_key: str) -> Rule:
+    """0 (accurate, the mean of the trained outputs) or one of the trained outputs j (an
+    output given loss weight 0 never learned to predict)."""
     def rule(value: Any, cfg: CN) -> Optional[str]:
         levels = outputs(cfg)
-        if _is_int(value) and (value == 0 or value in levels):
+        weights = config_value(cfg, weights_key)
+        trained = [j for j, w in zip(levels, weights or [1] * len(levels))
+                   if _is_number(w) and w > 0]
+        if _is_int(value) and (value == 0 or value in trained):
             return None
-        return f"is not available: use 0 (accurate) or one of the outputs {levels}"
+        if _is_int(value) and value in levels:
+            return (f"is output {value}, which {weights_key} trains with weight 0: "
+                    f"use 0 (accurate) or one of the trained outputs {trained}")
+        return f"is not available: use 0 (accurate) or one of the outputs {trained}"
     return rule
 
 
@@ -366,7 +375,8 @@ VALUE_RULES: tuple[tuple[str, Rule], ...] = (
     ("MODEL.ROI_MASK_HEAD.NODE_INIT", _one_of(*_NODE_INITS)),
     ("MODEL.ROI_MASK_HEAD.UPSAMPLE", _one_of(*_UPSAMPLINGS)),
     ("MODEL.ROI_MASK_HEAD.DEEP_SUPERVISION_WEIGHTS", _loss_weights(_mask_head_outputs)),
-    ("MODEL.ROI_MASK_HEAD.INFERENCE_LEVEL", _inference_level(_mask_head_outputs)),
+    ("MODEL.ROI_MASK_HEAD.INFERENCE_LEVEL", _inference_level(
+        _mask_head_outputs, "MODEL.ROI_MASK_HEAD.DEEP_SUPERVISION_WEIGHTS")),
     ("MODEL.SEMANTIC.ARCH", lambda value, cfg: None if str(value).lower() in ("unetpp", "unet")
      else "must be 'unetpp' or 'unet'"),
     ("MODEL.SEMANTIC.WIDTHS", _widths(2)),
@@ -377,7 +387,8 @@ VALUE_RULES: tuple[tuple[str, Rule], ...] = (
     ("MODEL.SEMANTIC.NODE_INIT", _one_of(*_NODE_INITS)),
     ("MODEL.SEMANTIC.UPSAMPLE", _one_of(*_UPSAMPLINGS)),
     ("MODEL.SEMANTIC.DEEP_SUPERVISION_WEIGHTS", _loss_weights(_semantic_outputs)),
-    ("MODEL.SEMANTIC.INFERENCE_LEVEL", _inference_level(_semantic_outputs)),
+    ("MODEL.SEMANTIC.INFERENCE_LEVEL", _inference_level(
+        _semantic_outputs, "MODEL.SEMANTIC.DEEP_SUPERVISION_WEIGHTS")),
     ("INPUT.SEMANTIC_SIZE", _at_least(0)),
 )
 

@@ -2,9 +2,11 @@
 and the semantic UNet++.
 
 Both read K top nodes of the nested pathways through one output head each, train with one
-loss per output, and at inference either average the K outputs' probabilities (the
-accurate mode, level ``ACCURATE = 0``) or use output ``j`` alone, computing only the nodes
-it depends on (the fast mode, level ``j``: the pruned UNet++ L_j).
+loss per output, and at inference either average the trained outputs' probabilities
+(the accurate mode, level ``ACCURATE = 0``) or use output ``j`` alone, computing only the
+nodes it depends on (the fast mode, level ``j``: the pruned UNet++ L_j). An output given
+loss weight 0 is built (so checkpoints keep one layout) but its classifier never learns,
+so neither mode reads it: averaging its untrained logits in would only add noise.
 
 Loss reduction: the weighted sum ``sum_j w_j * loss_j`` with ``w_j = 1/K`` unless the
 config's ``DEEP_SUPERVISION_WEIGHTS`` says otherwise, i.e. the mean of the K losses. The
@@ -45,6 +47,9 @@ def supervision_weights(levels: Sequence[int], weights: Sequence[float] = (), *,
         raise ValueError(f"{config_prefix}.DEEP_SUPERVISION_WEIGHTS has {len(weights)} "
                          f"value(s) for {len(levels)} supervised output(s) {levels}")
     values = [float(w) for w in weights] or [1.0 / len(levels)] * len(levels)
+    if not any(w > 0 for w in values):
+        raise ValueError(f"{config_prefix}.DEEP_SUPERVISION_WEIGHTS gives every output weight "
+                         "0: at least one output must be trained")
     return dict(zip(levels, values))
 
 
@@ -73,10 +78,13 @@ class DeepSupervisionHeads(nn.ModuleDict):
         self.config_prefix = config_prefix
         self.loss_weights = supervision_weights(self.levels, loss_weights,
                                                 config_prefix=config_prefix)
+        # The outputs that learn (weight > 0): the only ones inference reads.
+        self.trained_levels: tuple[int, ...] = tuple(
+            j for j in self.levels if self.loss_weights[j] > 0)
 
     def check_level(self, level: int, source: str = "") -> int:
-        """``level`` if it is the accurate mode (0) or one of the outputs, else an error
-        naming where it came from (``source``; by default the config key).
+        """``level`` if it is the accurate mode (0) or one of the trained outputs, else an
+        error naming where it came from (``source``; by default the config key).
 
         ``None``, the accurate mode of earlier versions' ``predict(x, level=None)``, is read
         as 0 with a ``FutureWarning`` for one release. (Where a caller that knows a config
@@ -87,20 +95,27 @@ class DeepSupervisionHeads(nn.ModuleDict):
                           f"in the next release; use level={ACCURATE} (ACCURATE)",
                           FutureWarning, stacklevel=3)
             return ACCURATE
-        if level != ACCURATE and level not in self.levels:
+        if level != ACCURATE and level not in self.trained_levels:
             source = source or f"{self.config_prefix}.INFERENCE_LEVEL"
-            raise ValueError(f"inference level {level} ({source}) is not available: use "
+            why = (f"output {level} is trained with weight 0 "
+                   f"({self.config_prefix}.DEEP_SUPERVISION_WEIGHTS)" if level in self.levels
+                   else "it is not available")
+            raise ValueError(f"inference level {level} ({source}): {why}; use "
                              f"{ACCURATE} (accurate) or one of "
-                             f"{list(self.levels)}")
+                             f"{list(self.trained_levels)}")
         return level
 
-    def outputs_of(self, level: int) -> tuple[int, ...]:
-        """The outputs a level reads: all of them (accurate) or output ``j`` alone."""
-        return self.levels if self.check_level(level) == ACCURATE else (level,)
+    def outputs_of(self, level: int, *, training: bool = False) -> tuple[int, ...]:
+        """The outputs a level reads: every trained one (accurate) or output ``j`` alone.
+        Training reads every output, weight 0 included, so that every parameter gets a
+        gradient (DistributedDataParallel requires it)."""
+        if training:
+            return self.levels
+        return self.trained_levels if self.check_level(level) == ACCURATE else (level,)
 
-    def nodes_of(self, level: int) -> list[Node]:
+    def nodes_of(self, level: int, *, training: bool = False) -> list[Node]:
         """The top nodes to request from the nested pathways for ``level``."""
-        return [(0, j) for j in self.outputs_of(level)]
+        return [(0, j) for j in self.outputs_of(level, training=training)]
 
     def forward(self, nodes: Mapping[Node, torch.Tensor], outputs: Sequence[int]
                 ) -> dict[int, torch.Tensor]:

@@ -119,17 +119,19 @@ class UNetPPMaskHead(BaseMaskRCNNHead):
             "vis_period": cfg.VIS_PERIOD,
         }
 
-    def layers(self, x: torch.Tensor, level: int = ACCURATE) -> Dict[int, torch.Tensor]:
-        """Mask logits of the outputs a level reads (all K for 0), keyed by output j."""
-        nodes = self.nested(x, outputs=self.heads.nodes_of(level))
-        return self.heads(nodes, self.heads.outputs_of(level))
+    def layers(self, x: torch.Tensor, level: int = ACCURATE, *, training: bool = False
+               ) -> Dict[int, torch.Tensor]:
+        """Mask logits of the outputs a level reads (every trained one for 0; every output
+        when ``training``), keyed by output j."""
+        nodes = self.nested(x, outputs=self.heads.nodes_of(level, training=training))
+        return self.heads(nodes, self.heads.outputs_of(level, training=training))
 
     def forward(self, x: torch.Tensor, instances: List[Instances]
                 ) -> Union[Dict[str, torch.Tensor], List[Instances]]:
         if self.training:
             losses = {j: mask_rcnn_loss(logits, instances,
                                         self.vis_period if j == self.num_outputs else 0)
-                      for j, logits in self.layers(x).items()}
+                      for j, logits in self.layers(x, training=True).items()}
             return self.heads.weighted_losses(losses, "loss_mask")
         logits = self.layers(x, self.inference_level).values()
         attach_mask_probabilities(mean_probabilities(z.sigmoid() for z in logits), instances)

@@ -87,18 +87,21 @@ class NestedSegmentationNet(nn.Module):
 
     @property
     def levels(self) -> tuple[int, ...]:
-        """The supervised outputs ``j``, i.e. the fast-mode levels this network offers."""
-        return self.heads.levels
+        """The trained outputs ``j`` (loss weight > 0), i.e. the fast-mode levels this
+        network offers."""
+        return self.heads.trained_levels
 
-    def logits(self, x: torch.Tensor, level: int = ACCURATE) -> dict[int, torch.Tensor]:
-        """Logits of the outputs a level reads (every output for 0), keyed by ``j``; only
-        the nodes they depend on are computed."""
-        values = self.pathways(x, outputs=self.heads.nodes_of(level))
-        return self.heads(values, self.heads.outputs_of(level))
+    def logits(self, x: torch.Tensor, level: int = ACCURATE, *, training: bool = False
+               ) -> dict[int, torch.Tensor]:
+        """Logits of the outputs a level reads (every trained output for 0; every output
+        when ``training``), keyed by ``j``; only the nodes they depend on are computed."""
+        values = self.pathways(x, outputs=self.heads.nodes_of(level, training=training))
+        return self.heads(values, self.heads.outputs_of(level, training=training))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Logits of every supervised output, shallowest first (train and eval alike)."""
-        return list(self.logits(x).values())
+        """Logits of every output, shallowest first (train and eval alike), weight 0
+        included: the raw network, as the losses see it."""
+        return list(self.logits(x, training=True).values())
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Sigmoid for one class, softmax over the class channel otherwise."""
@@ -113,7 +116,7 @@ class NestedSegmentationNet(nn.Module):
     def losses(self, x: torch.Tensor, target: torch.Tensor, **loss_kwargs
                ) -> dict[str, torch.Tensor]:
         """``loss_seg_j``: the weighted loss of every supervised output (Eq. 2 each)."""
-        return deep_supervision_losses(self.logits(x), target,
+        return deep_supervision_losses(self.logits(x, training=True), target,
                                        weights=self.heads.loss_weights, **loss_kwargs)
 
     def pruned_nodes(self, level: int) -> list[Node]:

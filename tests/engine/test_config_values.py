@@ -43,6 +43,7 @@ BAD_VALUES = [
     (PP, "MODEL.ROI_MASK_HEAD.DEEP_SUPERVISION_WEIGHTS", "[-1.0, 1.0]", ">= 0"),
     (PP, "MODEL.ROI_MASK_HEAD.INFERENCE_LEVEL", "9", "use 0 (accurate) or one of the outputs"),
     (PP, "MODEL.ROI_MASK_HEAD.INFERENCE_LEVEL", "-1", "[1, 2]"),
+    (PP, "MODEL.ROI_MASK_HEAD.DEEP_SUPERVISION_WEIGHTS", "[0.0, 0.0]", "every output weight 0"),
     (SEMANTIC, "MODEL.SEMANTIC.ARCH", "resnet", "'unetpp' or 'unet'"),
     (SEMANTIC, "MODEL.SEMANTIC.WIDTHS", "[8]", "at least 2 levels"),
     (SEMANTIC, "MODEL.SEMANTIC.DIMS", "4", "[1, 2, 3]"),
@@ -79,6 +80,16 @@ def test_the_semantic_outputs_follow_arch_and_deep_supervision():
                       ["MODEL.SEMANTIC.DEEP_SUPERVISION", "False"]):
         with pytest.raises(UserError, match=r"one of the outputs \[2\]"):
             load_config(str(SEMANTIC), [*arch_opts, "MODEL.SEMANTIC.INFERENCE_LEVEL", "1"])
+
+
+def test_an_output_trained_with_weight_zero_is_no_inference_level():
+    opts = ["MODEL.ROI_MASK_HEAD.DEEP_SUPERVISION_WEIGHTS", "[0.0, 1.0]"]
+    assert load_config(str(PP), [*opts, "MODEL.ROI_MASK_HEAD.INFERENCE_LEVEL", "2"])
+    with pytest.raises(UserError, match=r"INFERENCE_LEVEL = 1 is output 1, which MODEL.ROI_"
+                                        r"MASK_HEAD.DEEP_SUPERVISION_WEIGHTS trains with weight "
+                                        r"0: use 0 \(accurate\) or one of the trained outputs "
+                                        r"\[2\]"):
+        load_config(str(PP), [*opts, "MODEL.ROI_MASK_HEAD.INFERENCE_LEVEL", "1"])
 
 
 def test_the_keys_of_a_model_the_config_does_not_build_are_not_checked():

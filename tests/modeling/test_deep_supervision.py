@@ -106,6 +106,42 @@ def test_accurate_mode_is_level_zero_everywhere_and_none_is_deprecated():
         _mask_head(inference_level=4)
 
 
+def test_an_output_trained_with_weight_zero_is_never_read_at_inference():
+    """The head diagnosis's deepest-only head: output 1 gets weight 0, so it never learns;
+    the accurate mode is output 2 alone, and asking for output 1 names the weight. Training
+    still computes every output, so that every parameter has a gradient (DDP needs it)."""
+    x = torch.randn(3, 8, 14, 14)
+    head = _mask_head(loss_weights=(0.0, 0.0, 1.0))
+    assert head.heads.trained_levels == (3,)
+    head.train()
+    with EventStorage():
+        losses = head(x, [_proposals()])
+    assert sorted(losses) == ["loss_mask_1", "loss_mask_2", "loss_mask_3"]
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in head.parameters())
+    head.eval()
+    with torch.no_grad():
+        accurate = head.layers(x)
+        assert list(accurate) == [3]
+        assert torch.equal(accurate[3], head.layers(x, 3)[3])
+    with pytest.raises(ValueError, match=r"output 1 is trained with weight 0 \(MODEL.ROI_MASK_"
+                                         r"HEAD.DEEP_SUPERVISION_WEIGHTS\); use 0 .* \[3\]"):
+        head.layers(x, 1)
+
+    torch.manual_seed(0)
+    net = UNetPlusPlus(widths=TINY, loss_weights=(0.0, 1.0, 1.0)).eval()
+    image = torch.randn(1, 1, 16, 16)
+    assert net.levels == (2, 3)
+    with torch.no_grad():
+        first, second, third = net(image)
+        expected = (torch.sigmoid(second) + torch.sigmoid(third)) / 2
+        assert torch.allclose(net.predict(image), expected)
+    with pytest.raises(ValueError, match="weight 0"):
+        net.predict(image, 1)
+    with pytest.raises(ValueError, match="every output weight 0"):
+        _mask_head(loss_weights=(0.0, 0.0, 0.0))
+
+
 def _legacy(state: dict) -> dict:
     """A state dict in the layout of earlier versions: the mask head's outputs in a list."""
     def rename(key):

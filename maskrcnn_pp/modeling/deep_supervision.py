@@ -97,10 +97,10 @@ class DeepSupervisionHeads(nn.ModuleDict):
             return ACCURATE
         if level != ACCURATE and level not in self.trained_levels:
             source = source or f"{self.config_prefix}.INFERENCE_LEVEL"
-            why = (f"output {level} is trained with weight 0 "
+            why = (f"is output {level}, trained with weight 0 "
                    f"({self.config_prefix}.DEEP_SUPERVISION_WEIGHTS)" if level in self.levels
-                   else "it is not available")
-            raise ValueError(f"inference level {level} ({source}): {why}; use "
+                   else "is not available")
+            raise ValueError(f"inference level {level} ({source}) {why}: use "
                              f"{ACCURATE} (accurate) or one of "
                              f"{list(self.trained_levels)}")
         return level

@@ -124,8 +124,8 @@ def test_an_output_trained_with_weight_zero_is_never_read_at_inference():
         accurate = head.layers(x)
         assert list(accurate) == [3]
         assert torch.equal(accurate[3], head.layers(x, 3)[3])
-    with pytest.raises(ValueError, match=r"output 1 is trained with weight 0 \(MODEL.ROI_MASK_"
-                                         r"HEAD.DEEP_SUPERVISION_WEIGHTS\); use 0 .* \[3\]"):
+    with pytest.raises(ValueError, match=r"is output 1, trained with weight 0 \(MODEL.ROI_MASK_"
+                                         r"HEAD.DEEP_SUPERVISION_WEIGHTS\): use 0 .* \[3\]"):
         head.layers(x, 1)
 
     torch.manual_seed(0)

@@ -17,6 +17,8 @@ import yaml
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..config import (
     add_maskrcnn_pp_config,
@@ -155,12 +157,16 @@ def _check_weights(cfg: CfgNode, resume: bool, eval_only: bool) -> None:
 
 
 def setup(args) -> CfgNode:
-    """Config from parsed CLI args, frozen, with Detectron2's logging and output folder."""
+    """Config from parsed CLI args, frozen, with Detectron2's logging and output folder.
+    This package's loggers write to the run's ``log.txt`` too (Detectron2 sets up only its
+    own): a resumed data stream or a run finished from its last checkpoint is on record."""
     cfg = load_config(args.config_file, args.opts)
     _check_weights(cfg, getattr(args, "resume", False), getattr(args, "eval_only", False))
     check_output_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="maskrcnn_pp",
+                 abbrev_name="mpp")
     return cfg
 
 

@@ -83,6 +83,10 @@ def test_a_run_killed_after_its_last_checkpoint_resumes_to_its_final_model(tmp_p
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = torch.load(out / "model_final.pth", weights_only=True)
     assert final["iteration"] == 5
+    # this package's messages reach the console and the run's log.txt, like Detectron2's
+    message = "The last checkpoint is the end of training: writing model_final.pth"
+    assert message in resumed.stdout + resumed.stderr
+    assert message in (out / "log.txt").read_text()
     assert all(torch.equal(final["model"][k], v) for k, v in last["model"].items())
 
 

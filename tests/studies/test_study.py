@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -269,10 +270,17 @@ def test_tiny_study_survives_a_kill_and_reports_learning_curves(tmp_path):
         return {key for key, folder in run.items()
                 if (folder / "last_checkpoint").is_file() and key not in finished()}
 
-    # Kill the study alone once a run is finished and another is midway: its trainings
-    # (each holding its run folder's lock, with its PID) end with it.
+    def early():
+        """Midway runs with at least 4 of their 10 iterations left, which no trainer can
+        finish in the moment between the check and the kill."""
+        return {key for key in midway() if (saved := re.fullmatch(
+            r"model_(\d{7})\.pth", (run[key] / "last_checkpoint").read_text().strip()))
+            and int(saved.group(1)) <= 5}
+
+    # Kill the study alone once a run is finished and another is early in its training: its
+    # trainings (each holding its run folder's lock, with its PID) end with it.
     deadline = time.time() + 400
-    while not (finished() and midway()):
+    while not (finished() and early()):
         assert study.poll() is None and time.time() < deadline, "study ended or hung"
         time.sleep(0.05)
     trainers = {int(text) for folder in run.values() if (folder / "train.lock").is_file()

@@ -19,8 +19,8 @@ from detectron2.config import CfgNode as CN
 from .utils.errors import UserError
 
 __all__ = ["add_maskrcnn_pp_config", "check_input_config", "check_config_values",
-           "upgrade_deprecated_keys", "nested_core_node", "config_value", "DEPRECATED_KEYS",
-           "VALUE_RULES"]
+           "upgrade_deprecated_keys", "nested_core_node", "config_value", "trained_outputs",
+           "DEPRECATED_KEYS", "VALUE_RULES"]
 
 # Channels of the image each INPUT.FORMAT gives the model.
 _FORMAT_CHANNELS = {"BGR": 3, "RGB": 3, "YUV-BT.601": 3, "L": 1}
@@ -337,14 +337,19 @@ def _loss_weights(outputs: Callable[[CN], list[int]]) -> Rule:
     return rule
 
 
+def trained_outputs(levels: list[int], weights: list[float]) -> list[int]:
+    """The deep-supervised outputs ``j`` that learn: those with loss weight > 0 (no weights:
+    every output, 1/K each). Inference reads only these; the config rules and the model's
+    heads both ask here."""
+    return [j for j, w in zip(levels, weights or [1] * len(levels)) if _is_number(w) and w > 0]
+
+
 def _inference_level(outputs: Callable[[CN], list[int]], weights_key: str) -> Rule:
     """0 (accurate, the mean of the trained outputs) or one of the trained outputs j (an
     output given loss weight 0 never learned to predict)."""
     def rule(value: Any, cfg: CN) -> Optional[str]:
         levels = outputs(cfg)
-        weights = config_value(cfg, weights_key)
-        trained = [j for j, w in zip(levels, weights or [1] * len(levels))
-                   if _is_number(w) and w > 0]
+        trained = trained_outputs(levels, list(config_value(cfg, weights_key)))
         if _is_int(value) and (value == 0 or value in trained):
             return None
         if _is_int(value) and value in levels:

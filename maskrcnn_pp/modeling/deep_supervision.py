@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..config import trained_outputs
 from .nested import Node
 
 __all__ = ["ACCURATE", "DeepSupervisionHeads", "mean_probabilities", "supervision_weights",
@@ -80,7 +81,7 @@ class DeepSupervisionHeads(nn.ModuleDict):
                                                 config_prefix=config_prefix)
         # The outputs that learn (weight > 0): the only ones inference reads.
         self.trained_levels: tuple[int, ...] = tuple(
-            j for j in self.levels if self.loss_weights[j] > 0)
+            trained_outputs(list(self.levels), list(self.loss_weights.values())))
 
     def check_level(self, level: int, source: str = "") -> int:
         """``level`` if it is the accurate mode (0) or one of the trained outputs, else an

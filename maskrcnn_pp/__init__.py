@@ -32,8 +32,8 @@ _ENTRY_POINTS = {
 __all__ = ["get_config_file", *_ENTRY_POINTS, "__version__"]
 
 # Importing these registers with Detectron2 (modeling: backbone, mask head, meta-
-# architectures; data: the data sets; evaluation: their metadata and evaluators).
-_REGISTERING_MODULES = ("data", "evaluation", "modeling")
+# architectures; data.builtin: the data sets; evaluation: their metadata and evaluators).
+_REGISTERING_MODULES = ("data.builtin", "evaluation", "modeling")
 # Detectron2's modules that hold the registries: whoever looks something up imports them.
 _DETECTRON2_REGISTRIES = ("detectron2.modeling", "detectron2.data")
 

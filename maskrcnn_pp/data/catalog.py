@@ -17,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
-
 from ..utils.errors import UserError
 from .image_io import IMAGE_EXTENSIONS, is_nifti, nifti_stem
 
@@ -117,6 +115,8 @@ def register_semantic_datasets() -> None:
     Lazy (files are listed when the data set is first used, under the
     ``$DETECTRON2_DATASETS`` of that moment) and idempotent.
     """
+    from detectron2.data import DatasetCatalog, MetadataCatalog  # torch: only to register
+
     for key, info in SEMANTIC_DATASETS.items():
         for split in SPLITS:
             name = f"{key}_{split}"

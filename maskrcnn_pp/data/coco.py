@@ -6,8 +6,6 @@ import os
 from typing import Callable, Optional
 
 import numpy as np
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import load_coco_json
 from pycocotools import mask as mask_util
 
 from ..utils.io import PathLike
@@ -58,6 +56,9 @@ def register_coco_instances_lazy(name: str, json_file: PathLike, image_root: Pat
     a truncated or malformed one is a :class:`UserError` naming it.
     Registering a name again replaces the earlier registration.
     """
+    from detectron2.data import DatasetCatalog, MetadataCatalog  # torch: only to register
+    from detectron2.data.datasets import load_coco_json
+
     json_file, image_root = str(json_file), str(image_root)
 
     def load() -> list:

@@ -25,7 +25,7 @@ def register_prepared_instances(root: PathLike | None = None) -> None:
     ``root`` (default ``$DETECTRON2_DATASETS``) that also holds ``images/``, as
     ``<folder>_<split>``, unless a data set of that name exists. Hidden folders (a
     preparation in progress) are not data sets."""
-    from detectron2.data import DatasetCatalog
+    from detectron2.data import DatasetCatalog  # torch: only to register
 
     root = Path(root) if root is not None else datasets_root()
     if not root.is_dir():

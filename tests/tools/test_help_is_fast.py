@@ -1,5 +1,6 @@
-"""``--help`` of every tool, and ``import maskrcnn_pp``, answer before torch and Detectron2
-load (issue #23 item 18); what they defer still happens when it is needed."""
+"""``--help`` of every tool and data preparer, and ``import maskrcnn_pp``, answer before
+torch and Detectron2 load (issue #23 item 18); what they defer still happens when it is
+needed."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +13,8 @@ import pytest
 from maskrcnn_pp.cli import predict, train_net
 from tests.helpers import ROOT
 
-TOOLS = sorted(path.relative_to(ROOT).as_posix() for path in (ROOT / "tools").glob("*.py"))
+TOOLS = sorted(path.relative_to(ROOT).as_posix() for path in
+               [*(ROOT / "tools").glob("*.py"), *(ROOT / "datasets").glob("prepare_*.py")])
 HEAVY = ("torch", "detectron2")
 
 
@@ -24,6 +26,7 @@ def _run_fresh(code: str) -> subprocess.CompletedProcess:
 def test_every_tool_prints_its_help_without_importing_torch():
     """All tools in one fresh interpreter: if one of them imported torch, it would show in
     ``sys.modules`` right after its help."""
+    assert any(tool.startswith("datasets/") for tool in TOOLS)
     done = _run_fresh(
         "import contextlib, io, runpy, sys\n"
         f"for tool in {TOOLS!r}:\n"

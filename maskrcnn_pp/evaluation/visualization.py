@@ -24,13 +24,13 @@ from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import Visualizer
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..data.coco import compressed_rle
 from ..data.image_io import UnreadableImageError, read_image_rgb
 from ..utils.errors import UserError
 from ..utils.io import PathLike, atomic_write_bytes
+from ..utils.progress import ProgressBar
 from .nuclei import (
     evaluate_coco_results,
     load_coco_ground_truth,
@@ -180,7 +180,8 @@ def render_each(items: Sequence[tuple[Any, str]], output_dir: Path,
     """Render every (item, file name); unreadable images are skipped with a warning."""
     rendered, failures = [], []
     with logging_redirect_tqdm():
-        for item, name in tqdm(items, desc=description, unit="image", disable=not progress):
+        for item, name in ProgressBar(items, desc=description, unit="image",
+                                      disable=not progress):
             try:
                 rendered.append(render(item, output_dir / name))
             except UnreadableImageError as err:

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 from detectron2.config import CfgNode
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..config import config_value
@@ -46,6 +45,7 @@ from ..utils.io import (
     cut_json_lines,
     fsync_folder,
 )
+from ..utils.progress import ProgressBar
 from .instance import COCO_RESULTS_FILE
 from .outputs import OUTPUT_FOLDERS, WriteOptions
 from .predictor import Predictor
@@ -347,7 +347,7 @@ def _append_line(progress_file: Path, record: dict) -> None:
 
 def _iterate(images: Sequence[InputImage], progress: bool) -> Iterator[InputImage]:
     with logging_redirect_tqdm():
-        yield from tqdm(images, desc="predict", unit="image", disable=not progress)
+        yield from ProgressBar(images, desc="predict", unit="image", disable=not progress)
 
 
 def predict_files(predictor: Predictor, images: Sequence[InputImage], output_dir: PathLike,

@@ -28,11 +28,11 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
-from tqdm import tqdm
 
 from .. import compat
 from ..data.coco import compressed_rle, rle_as_text
 from ..data.image_io import Intensity, array_to_rgb8, to_format
+from ..utils.progress import ProgressBar
 from .outputs import WriteOptions, write_labels_2d
 from .predictor import (
     DegenerateImageError,
@@ -447,8 +447,9 @@ class InstancePredictor(Predictor):
         height, width = image_rgb.shape[:2]
         windows = self._windows(prepared)
         detections: list[Detection] = []
-        for index, window in enumerate(tqdm(windows, desc="tiles", unit="tile", leave=False,
-                                            disable=not self.progress or len(windows) == 1)):
+        bar = ProgressBar(windows, desc="tiles", unit="tile", leave=False,
+                          disable=not self.progress or len(windows) == 1)
+        for index, window in enumerate(bar):
             tile = np.ascontiguousarray(
                 image_rgb[window.top:window.bottom, window.left:window.right])
             detections += tile_detections(self.model_fn(tile), window, index,

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode
-from tqdm import tqdm
 
 from ..data.image_io import (
     Intensity,
@@ -34,6 +33,7 @@ from ..data.semantic_mapper import semantic_network_input
 from ..evaluation.semantic import foreground
 from ..utils.errors import UserError
 from ..utils.io import PathLike
+from ..utils.progress import ProgressBar
 from ..utils.tiles import tile_starts
 from .outputs import NiftiSpace, WriteOptions, write_labels_2d, write_nifti, write_tiff
 from .predictor import (
@@ -186,8 +186,8 @@ class SemanticPredictor(Predictor):
         counts = torch.zeros(spatial)
         windows = self._windows(spatial)
         mode = ("bilinear", "trilinear")[self.dims - 2]
-        for window in tqdm(windows, desc="windows", unit="window", leave=False,
-                           disable=not self.progress or len(windows) == 1):
+        for window in ProgressBar(windows, desc="windows", unit="window", leave=False,
+                                  disable=not self.progress or len(windows) == 1):
             network_input = semantic_network_input(pixels[(slice(None), *window)],
                                                    self.network_size)
             probs = torch.as_tensor(self.model_fn(network_input[None]))[0].float()

@@ -51,7 +51,6 @@ from typing import Any, Callable, Optional, Union
 
 import cv2
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..data.image_io import Intensity, UnreadableImageError, array_to_rgb8, read_label
 from ..data.slide import Slide, SlideRegionError, open_slide, resize
@@ -64,6 +63,7 @@ from ..utils.io import (
     cut_json_lines,
     fsync_folder,
 )
+from ..utils.progress import ProgressBar
 from .batch import check_resumable, run_settings
 from .outputs import WriteOptions
 from .predictor import DegenerateImageError, Predictor
@@ -652,8 +652,8 @@ def _predict_open_slide(local: Predictor, predictor: PredictorOrLoader, slide: S
     run.resumed_blocks += len(spooled)
     min_visible = getattr(local, "min_visible_fraction", 0.0)
     started = time.perf_counter()
-    bar = tqdm(total=len(order), initial=run.resumed_blocks, desc=slide.path.name,
-               unit="block", disable=not progress, dynamic_ncols=True)
+    bar = ProgressBar(total=len(order), initial=run.resumed_blocks, desc=slide.path.name,
+                      unit="block", disable=not progress, dynamic_ncols=True)
 
     def write(result: BlockResult) -> None:
         nonlocal next_id

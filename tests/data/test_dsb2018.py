@@ -278,8 +278,12 @@ def test_bad_input_is_skipped_and_reported(bad_src, tmp_path):
 
 
 def _run_prepare(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(PREPARE), *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=300)
+    """The preparer's run, its output decoded as written (text mode would turn carriage
+    returns into newlines)."""
+    done = subprocess.run([sys.executable, str(PREPARE), *args], capture_output=True, cwd=ROOT,
+                          timeout=300)
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode(),
+                                       done.stderr.decode())
 
 
 @pytest.mark.slow
@@ -289,7 +293,8 @@ def test_cli_names_bad_files_and_exits_zero(bad_src, tmp_path):
     for name in ("corrupt_image.png", "corrupt_mask/masks/m1.png", "size_mismatch/masks/m0.png",
                  "no_masks", "empty_mask/masks/m0.png"):
         assert name in result.stderr
-    assert "dsb2018: 100%" in result.stderr          # the progress bar
+    assert "dsb2018: 100%" in result.stderr          # the progress bar,
+    assert "\r" not in result.stderr                  # as lines: stderr is not a terminal
     assert "3 of 7 images" in result.stdout
     assert "Traceback" not in result.stderr
 

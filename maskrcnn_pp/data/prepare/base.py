@@ -26,11 +26,11 @@ from typing import Any, Callable, ClassVar, TypeVar
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ...utils.errors import UserError
 from ...utils.io import PathLike, atomic_write_json
+from ...utils.progress import ProgressBar
 from ..catalog import SPLITS
 from ..image_io import UnreadableImageError, decode_image_file
 from ..sources import display_name, source_root
@@ -414,7 +414,7 @@ class Preparer:
             report.items_found = len(items)
             converted = []
             with logging_redirect_tqdm():
-                for item in tqdm(items, desc=self.name, disable=not progress or not items):
+                for item in ProgressBar(items, desc=self.name, disable=not progress or not items):
                     try:
                         converted.append(self.convert_item(item, run))
                     except SampleProblem as problem:

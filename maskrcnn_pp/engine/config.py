@@ -156,11 +156,12 @@ def _check_weights(cfg: CfgNode, resume: bool, eval_only: bool) -> None:
         raise UserError(f"MODEL.WEIGHTS file {weights} does not exist")
 
 
-def setup(args) -> CfgNode:
-    """Config from parsed CLI args, frozen, with Detectron2's logging and output folder.
-    This package's loggers write to the run's ``log.txt`` too (Detectron2 sets up only its
-    own): a resumed data stream or a run finished from its last checkpoint is on record."""
-    cfg = load_config(args.config_file, args.opts)
+def setup(args, cfg: Optional[CfgNode] = None) -> CfgNode:
+    """Config from parsed CLI args (or ``cfg``, already loaded from them), frozen, with
+    Detectron2's logging and output folder. This package's loggers write to the run's
+    ``log.txt`` too (Detectron2 sets up only its own): a resumed data stream or a run
+    finished from its last checkpoint is on record."""
+    cfg = load_config(args.config_file, args.opts) if cfg is None else cfg.clone()
     _check_weights(cfg, getattr(args, "resume", False), getattr(args, "eval_only", False))
     check_output_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     cfg.freeze()

@@ -13,10 +13,11 @@ from .run_folder import RunFolderLock, check_earlier_run
 from .trainer import NonFiniteLossError, Trainer
 
 
-def run(args):
-    """One process's work: ``--eval-only`` evaluation, or training (resumed with --resume)."""
+def run(args, cfg=None):
+    """One process's work: ``--eval-only`` evaluation, or training (resumed with --resume),
+    from the config ``launch_from_args`` loaded (or from ``args``)."""
     allow_unsafe_pickle = getattr(args, "allow_unsafe_pickle", False)
-    cfg = setup(args)
+    cfg = setup(args, cfg)
     if args.eval_only:
         last = last_checkpoint(cfg.OUTPUT_DIR) if args.resume else ""
         model = load_trained_model(cfg, last or cfg.MODEL.WEIGHTS,
@@ -44,15 +45,16 @@ def launch_from_args(args) -> int:
     A training holds its ``OUTPUT_DIR`` (on the first machine) from before the workers start
     until the last one ends, and starts only in a folder without an earlier training unless
     ``--resume`` continues it or ``--overwrite`` replaces it."""
+    cfg = load_config(args.config_file, args.opts)
+
     def start() -> None:
         launch(run, args.num_gpus, num_machines=args.num_machines,
-               machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+               machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args, cfg))
 
     if args.eval_only or args.machine_rank != 0:
         start()
         return 0
-    output_dir = check_output_dir(load_config(args.config_file, args.opts).OUTPUT_DIR,
-                                  "OUTPUT_DIR")
+    output_dir = check_output_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     with RunFolderLock(output_dir):
         check_earlier_run(output_dir, resume=args.resume,
                           overwrite=getattr(args, "overwrite", False))

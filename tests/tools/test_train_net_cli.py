@@ -116,3 +116,31 @@ def test_semantic_unetpp_trains_and_reports_each_pruning_level(tmp_path):
     header = next(line for line in (out / "log.txt").read_text().splitlines()
                   if "copypaste: IoU" in line).split("copypaste: ")[1].split(",")
     assert {"IoU", "Dice", "IoU_L1", "IoU_L2", "IoU_accurate"} <= set(header)
+
+
+
+@pytest.mark.slow
+def test_a_training_reads_its_config_once(tmp_path):
+    """The launcher's config (which chose and locked OUTPUT_DIR) is the one the trainer
+    runs, not a second reading of the files. (In a fresh process: training sets up
+    Detectron2's loggers, which would stay so for the tests after it.)"""
+    script = f"""
+from maskrcnn_pp.cli.train_net import argument_parser
+from maskrcnn_pp.engine import config, train
+reads = []
+def counted(*args, _load=config.load_config):
+    reads.append(args)
+    return _load(*args)
+train.load_config = config.load_config = counted
+args = argument_parser().parse_args([
+    "--config-file", {QUICK_PP!r}, "SOLVER.MAX_ITER", "1", "SOLVER.IMS_PER_BATCH", "1",
+    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "DATASETS.TEST", "()",
+    "OUTPUT_DIR", {str(tmp_path / "run")!r}])
+assert train.launch_from_args(args) == 0
+print("config reads:", len(reads))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "config reads: 1"
+    assert (tmp_path / "run" / "model_final.pth").is_file()

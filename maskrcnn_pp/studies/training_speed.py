@@ -37,6 +37,14 @@ __all__ = ["SteppingTrainer", "step_times", "machine_throughput", "profile_steps
            "step_table", "throughput_table", "profile_table"]
 
 
+class _TrainerWithoutWriters(Trainer):
+    """A timed trainer writes no metrics.json or TensorBoard events: it never reaches
+    ``train()``'s end, which would close them, and nobody reads them."""
+
+    def build_writers(self):
+        return []
+
+
 class SteppingTrainer:
     """A project :class:`Trainer` advanced one real training step at a time (outside
     ``train()``, so that two can be interleaved), with its losses recorded. Each keeps its
@@ -48,7 +56,7 @@ class SteppingTrainer:
                                         "OUTPUT_DIR", output_dir, "DATALOADER.NUM_WORKERS",
                                         "0"])
         seed_all_rng(cfg.SEED if cfg.SEED >= 0 else 0)  # a fixed seed, to compare two
-        self.trainer = Trainer(cfg)
+        self.trainer = _TrainerWithoutWriters(cfg)
         self.trainer.resume_or_load(resume=False)
         self.inner = compat.inner_trainer(self.trainer)
         self.storage = EventStorage(0)

@@ -129,3 +129,13 @@ def test_throughput_on_cuda_without_cuda_is_one_clear_error():
 
     with pytest.raises(UserError, match="no CUDA device"):
         measure_throughput({"pp": QUICK_PP}, device="cuda")
+
+
+def test_a_timed_trainer_leaves_no_open_metrics_files(tmp_path):
+    """It never reaches train()'s end, which would close Detectron2's writers."""
+    from maskrcnn_pp.studies.training_speed import SteppingTrainer
+
+    config = str(ROOT / "configs" / "quick_schedules" / "mask_rcnn_pp_synthetic.yaml")
+    trainer = SteppingTrainer(config, ["DATASETS.TEST", "()"], True, str(tmp_path))
+    assert trainer.step() > 0
+    assert list(tmp_path.iterdir()) == []
